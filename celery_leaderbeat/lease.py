@@ -1,0 +1,339 @@
+"""The lease engine: who leads, for how long, and when to renew.
+
+The engine is store-agnostic (as client-go keeps ``LeaderElector`` apart from
+``resourcelock.Interface``): a :class:`LeaseStore` does the atomic
+compare-and-act operations, and :class:`LeaseElector` decides when to call
+them and how long this replica may believe it leads.
+
+Clock argument: the local deadline is measured on the monotonic clock from
+the moment the acquire or renew request was *sent*. The store starts its
+own TTL later than that, so the local deadline always falls before the
+store's expiry, less a small allowance for clock-rate drift. The leader
+therefore stops dispatching before any other replica can acquire the lease,
+even when the store is unreachable. A pause (GC, SIGSTOP) between the local
+check and a write is covered by fencing: every claim is checked against the
+lease's owner and term inside the store (see :meth:`LeaseElector.claim`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Callable, Protocol
+
+from .elector import NotLeader
+
+__all__ = [
+    "Acquisition",
+    "FencedOut",
+    "LeadershipLost",
+    "LeaseElector",
+    "LeaseHeld",
+    "LeaseRecord",
+    "LeaseStore",
+    "LeaseTiming",
+    "StoreUnavailable",
+]
+
+#: Share of the TTL kept back for clock-rate drift between replica and store.
+CLOCK_DRIFT_FACTOR = 0.01
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class LeaseTiming:
+    """How long a lease lasts, how often the leader renews, how often standbys try.
+
+    Takeover after a crash takes at most ``ttl + retry_interval``; after a
+    graceful release, at most ``retry_interval``. A longer ``ttl`` tolerates
+    longer stalls of the leader (or the store) before leadership moves.
+    """
+
+    ttl: float = 5.0
+    renew_interval: float = 1.5
+    retry_interval: float = 0.5
+
+    def problems(self) -> list[tuple[str, str]]:
+        """(field, message) for each rule the timing breaks; empty when valid."""
+        found = []
+        for field in ("ttl", "renew_interval", "retry_interval"):
+            value = getattr(self, field)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                found.append((field, f"must be a positive number of seconds, got {value!r}"))
+        if not found and self.ttl <= self.renew_interval:
+            found.append((
+                "ttl",
+                f"must be above renew_interval ({self.renew_interval}s) so the leader renews "
+                f"before its lease expires, got {self.ttl}s",
+            ))
+        return found
+
+    @property
+    def local_validity(self) -> float:
+        """Seconds after sending a request for which the lease is surely ours."""
+        return self.ttl * (1.0 - CLOCK_DRIFT_FACTOR)
+
+
+@dataclass(frozen=True)
+class LeaseRecord:
+    """The lease as the store holds it: plain data that anyone debugging can read."""
+
+    holder: str | None
+    term: int
+    acquired_at: datetime | None = None
+    renewed_at: datetime | None = None
+    expires_in: float | None = None
+    transitions: int = 0
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """Outcome of an acquire attempt and the lease as it stands after it."""
+
+    acquired: bool
+    lease: LeaseRecord
+
+
+class StoreUnavailable(Exception):
+    """The store could not be reached or answered with an error."""
+
+
+class LeaseHeld(NotLeader):
+    """Another replica holds the lease."""
+
+    def __init__(self, holder: str | None, term: int) -> None:
+        super().__init__(f"lease held by {holder} (term {term})")
+        self.holder = holder
+        self.term = term
+
+
+class LeadershipLost(NotLeader):
+    """This replica led and no longer does. ``cause`` says why, in one word."""
+
+    RELEASED = "released"
+    EXPIRED = "expired"
+    TAKEN = "taken"
+    FENCED_OUT = "fenced out"
+    STORE_ERROR = "store error"
+
+    def __init__(self, cause: str, detail: str) -> None:
+        super().__init__(f"{cause}: {detail}")
+        self.cause = cause
+
+
+class FencedOut(Exception):
+    """A claim was refused or could not be confirmed; nothing may be published.
+
+    ``cause`` is the LeadershipLost cause the scheduler steps down with.
+    """
+
+    def __init__(self, detail: str, cause: str = "fenced out") -> None:
+        super().__init__(detail)
+        self.cause = cause
+
+
+class LeaseStore(Protocol):
+    """Where a lease and its run history live. Every mutation is atomic in the store.
+
+    ``owner`` is a random token unique to one elector; ``term`` is the number
+    the store gave at acquisition, increasing with every acquisition.
+    Mutations check both inside the store and refuse when either differs.
+    """
+
+    #: Where the lease lives, for banners and logs. Never contains secrets.
+    description: str
+
+    def acquire(self, owner: str, identity: str, ttl: float) -> Acquisition:
+        """Take the lease if free or already ours; a new acquisition gets a new term."""
+        ...  # pragma: no cover
+
+    def renew(self, owner: str, term: int, ttl: float) -> bool:
+        """Extend our lease by ``ttl``; False if it is no longer ours."""
+        ...  # pragma: no cover
+
+    def release(self, owner: str, term: int) -> bool:
+        """Give the lease up if it is still ours."""
+        ...  # pragma: no cover
+
+    def read(self) -> LeaseRecord | None:
+        """The current lease, or None when nobody holds it."""
+        ...  # pragma: no cover
+
+    def claim(self, owner: str, term: int, runs: Mapping[str, str]) -> bool:
+        """Record runs (entry name -> encoded run record) only if the lease is ours."""
+        ...  # pragma: no cover
+
+    def forget(self, owner: str, term: int, names: Iterable[str]) -> bool:
+        """Drop run records of entries gone from the schedule, if the lease is ours."""
+        ...  # pragma: no cover
+
+    def load_history(self) -> dict[str, str]:
+        """All run records: entry name -> encoded run record."""
+        ...  # pragma: no cover
+
+    def close(self) -> None:
+        """Free connections and handles."""
+        ...  # pragma: no cover
+
+
+class LeaseElector:
+    """An elector backed by a lease in a store, with a local monotonic deadline.
+
+    Besides ``is_leader()`` it offers what fenced dispatch needs: the current
+    ``term``, atomic ``claim`` of runs, and the shared run history.
+    """
+
+    def __init__(
+        self,
+        store: LeaseStore,
+        *,
+        identity: str,
+        timing: LeaseTiming | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.identity = identity
+        self.timing = timing or LeaseTiming()
+        self.owner = f"{identity}/{uuid.uuid4().hex}"
+        self._clock = clock
+        self._term: int | None = None
+        self._deadline = 0.0
+        self._renew_at = 0.0
+        self._next_attempt = 0.0
+        self._refusal: NotLeader = NotLeader("no acquire attempt yet")
+        self._renew_error: StoreUnavailable | None = None
+
+    # -- what the scheduler asks -------------------------------------------------
+
+    @property
+    def term(self) -> int | None:
+        """The term of the lease we hold, or None when we do not lead."""
+        return self._term
+
+    def is_leader(self) -> bool:
+        """Renew or acquire as the timing says; raise NotLeader with the reason if not."""
+        now = self._clock()
+        if self._term is not None:
+            self._keep(now)
+        if self._term is None and now >= self._next_attempt:
+            self._try_acquire(now)
+        if self._term is None:
+            raise self._refusal
+        return True
+
+    def seconds_until_renewal(self) -> float:
+        """How long the leader may sleep before it must renew (0 when not leading)."""
+        if self._term is None:
+            return 0.0
+        return max(0.0, min(self._renew_at, self._deadline) - self._clock())
+
+    def claim(self, runs: Mapping[str, str]) -> None:
+        """Record runs in the store, fenced by our term; raise FencedOut if refused.
+
+        Checks the local deadline first, so a leader that was paused past its
+        lease steps down without writing even before the store is asked.
+        """
+        term = self._term
+        if term is None:
+            raise FencedOut("not the leader")
+        if self._clock() >= self._deadline:
+            self._lose(LeadershipLost.EXPIRED, "local lease deadline passed before a claim")
+            raise FencedOut("lease expired locally", LeadershipLost.EXPIRED)
+        try:
+            accepted = self.store.claim(self.owner, term, runs)
+        except StoreUnavailable as exc:
+            # The claim may or may not have been written; either way no publish
+            # follows, which keeps the at-most-once promise.
+            raise FencedOut(f"store error during claim: {exc}", "store error") from exc
+        if not accepted:
+            self._lose(LeadershipLost.FENCED_OUT, f"store refused a claim for term {term}")
+            raise FencedOut(f"term {term} is no longer the lease's term")
+
+    def load_history(self) -> dict[str, str]:
+        return self.store.load_history()
+
+    def forget(self, names: Iterable[str]) -> None:
+        term = self._term
+        if term is not None:
+            self.store.forget(self.owner, term, list(names))
+
+    def step_down(self, cause: str, detail: str) -> None:
+        """Stop leading now (without releasing): used when dispatch was fenced out."""
+        if self._term is not None:
+            self._lose(cause, detail)
+
+    def release(self, detail: str = "released on shutdown") -> None:
+        """Give up the lease so a standby takes over within its retry interval.
+
+        This replica then waits one TTL before trying again, so that a standby,
+        not the replica that just let go, takes the lease.
+        """
+        term = self._term
+        if term is None:
+            return
+        self._lose(LeadershipLost.RELEASED, detail, retry_after=self.timing.ttl)
+        with contextlib.suppress(StoreUnavailable):  # else it expires within the TTL
+            self.store.release(self.owner, term)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def describe(self) -> str:
+        return self.store.description
+
+    # -- the state machine -------------------------------------------------------
+
+    def _keep(self, now: float) -> None:
+        """Renew when due; lose leadership at the local deadline or on refusal."""
+        term = self._term
+        assert term is not None
+        if now >= self._deadline:
+            why = f" ({self._renew_error})" if self._renew_error else ""
+            self._lose(LeadershipLost.EXPIRED, f"lease not renewed before its local deadline{why}")
+            return
+        if now < self._renew_at:
+            return
+        sent_at = self._clock()
+        try:
+            renewed = self.store.renew(self.owner, term, self.timing.ttl)
+        except StoreUnavailable as exc:
+            # Keep leading until the local deadline; try again soon.
+            self._renew_at = min(now + self.timing.retry_interval, self._deadline)
+            self._renew_error = exc
+            return
+        self._renew_error = None
+        if renewed:
+            self._deadline = sent_at + self.timing.local_validity
+            self._renew_at = sent_at + self.timing.renew_interval
+        else:
+            self._lose(LeadershipLost.TAKEN, f"store refused to renew term {term}")
+
+    def _try_acquire(self, now: float) -> None:
+        sent_at = self._clock()
+        self._next_attempt = now + self.timing.retry_interval
+        try:
+            outcome = self.store.acquire(self.owner, self.identity, self.timing.ttl)
+        except StoreUnavailable as exc:
+            self._refusal = NotLeader(f"store unavailable: {exc}")
+            return
+        if outcome.acquired:
+            self._term = outcome.lease.term
+            self._deadline = sent_at + self.timing.local_validity
+            self._renew_at = sent_at + self.timing.renew_interval
+        else:
+            self._refusal = LeaseHeld(outcome.lease.holder, outcome.lease.term)
+
+    def _lose(self, cause: str, detail: str, retry_after: float = 0.0) -> None:
+        self._term = None
+        self._renew_error = None
+        self._refusal = LeadershipLost(cause, detail)
+        # By default try again at once: the store decides whether we may lead.
+        self._next_attempt = self._clock() + retry_after
+
+    def __repr__(self) -> str:
+        return f"LeaseElector({self.store.description}, identity={self.identity!r})"

@@ -1,0 +1,268 @@
+"""Celery integration: a mixin that puts any beat ``Scheduler`` behind an elector.
+
+Every tick asks the elector first. A standby dispatches nothing and comes
+back within the retry interval; the leader ticks as the base scheduler would
+but never sleeps past its next lease renewal. No answer, exception or outage
+stops the asking: each tick asks again (the lesson of gocron issue 681).
+
+With a lease elector (every built-in store), dispatch is also fenced: a
+replica that becomes leader loads the shared run history before its first
+dispatch, and every run is claimed in the store under the leader's term
+before it is published. The order is claim, then publish, so each scheduled
+run is published at most once; a leader that dies between the two loses
+that one run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+from celery.beat import PersistentScheduler, ScheduleEntry
+from celery.utils.log import get_logger
+
+from .backends import choose_elector
+from .elector import Elector, NotLeader
+from .history import RunRecord, apply_history, decode_history
+from .lease import FencedOut, LeadershipLost, LeaseElector, StoreUnavailable
+from .settings import LeaderSettings
+from .stores.file import FileLeaseStore
+
+__all__ = ["SCHEDULED_AT_HEADER", "TERM_HEADER", "LeaderScheduler", "LeaderSchedulerMixin"]
+
+logger = get_logger(__name__)
+
+#: Message headers carrying the fencing token of a dispatch (see celery_leaderbeat.fencing).
+TERM_HEADER = "leaderbeat_term"
+LEASE_HEADER = "leaderbeat_lease"
+SCHEDULED_AT_HEADER = "leaderbeat_scheduled_at"
+
+
+class LeaderSchedulerMixin:
+    """Leader election for any ``celery.beat.Scheduler`` subclass.
+
+    Put it first in the bases: ``class S(LeaderSchedulerMixin, MyScheduler)``.
+    """
+
+    app: Any
+    schedule: Any
+    _heap: Any
+
+    def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
+        self.leader_settings = LeaderSettings.from_app(app)
+        choice = choose_elector(self.leader_settings)
+        self.elector: Elector = choice.elector
+        self._elector_chosen_implicitly = choice.implicit
+        self._leading = False
+        self._needs_takeover = False
+        self._last_refusal: str | None = None
+        self._announced = False
+        self._closed = False
+        super().__init__(app, *args, **kwargs)  # type: ignore[call-arg]
+
+    # -- the tick ----------------------------------------------------------------
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        """Ask the elector, then dispatch as the base scheduler would, or stand by."""
+        self._announce()
+        retry = self.leader_settings.timing.retry_interval
+        if not self._ask_elector():
+            return retry
+        try:
+            if self._needs_takeover:
+                self._take_over()
+            interval: float = super().tick(*args, **kwargs)  # type: ignore[misc]
+        except FencedOut as exc:
+            self._stop_leading(str(exc), cause=exc.cause)
+            return retry
+        except StoreUnavailable as exc:
+            logger.warning("leaderbeat: cannot read the run history, not dispatching: %s", exc)
+            return retry
+        return min(interval, self._time_until_renewal())
+
+    def _ask_elector(self) -> bool:
+        """One question, every tick. Exceptions are answers too: "not now"."""
+        try:
+            leader = bool(self.elector.is_leader())
+            refusal = None if leader else "the elector answered no"
+        except NotLeader as exc:
+            leader, refusal = False, str(exc)
+        except Exception as exc:  # a custom elector's bug must not stop beat
+            leader, refusal = False, f"elector raised {exc!r}"
+        if leader:
+            if not self._leading:
+                self._start_leading()
+            return True
+        if self._leading:
+            self._stop_leading(refusal or "")
+        elif refusal != self._last_refusal:
+            logger.info("leaderbeat: %s is a standby: %s",
+                        self.leader_settings.identity, refusal)
+        self._last_refusal = refusal
+        return False
+
+    def _start_leading(self) -> None:
+        self._leading = True
+        self._needs_takeover = True
+        self._last_refusal = None
+        logger.info(
+            "leaderbeat: %s is now the leader of %r (term %s)",
+            self.leader_settings.identity, self.leader_settings.lease_name, self.term,
+        )
+
+    def _stop_leading(self, reason: str, cause: str = LeadershipLost.FENCED_OUT) -> None:
+        if isinstance(self.elector, LeaseElector):
+            self.elector.step_down(cause, reason)
+        self._leading = False
+        self._last_refusal = reason
+        logger.info(
+            "leaderbeat: %s is no longer the leader of %r: %s",
+            self.leader_settings.identity, self.leader_settings.lease_name, reason,
+        )
+
+    def _time_until_renewal(self) -> float:
+        if isinstance(self.elector, LeaseElector):
+            return self.elector.seconds_until_renewal()
+        return self.leader_settings.timing.renew_interval
+
+    @property
+    def term(self) -> int | None:
+        """The lease term this replica leads under, if it leads with a lease."""
+        return getattr(self.elector, "term", None)
+
+    @property
+    def is_leader(self) -> bool:
+        return self._leading
+
+    # -- takeover: shared run history --------------------------------------------
+
+    def _take_over(self) -> None:
+        """Before the first dispatch of a term: adopt the shared history."""
+        if isinstance(self.elector, LeaseElector):
+            records = decode_history(self.elector.load_history())
+            gone = apply_history(self.schedule, records, self.app.timezone)
+            if gone:
+                self.elector.forget(gone)
+            if self.leader_settings.catch_up == "skip":
+                self._skip_missed_runs()
+        self._heap = None  # rebuild the heap from the entries as they are now
+        self._needs_takeover = False
+
+    def _skip_missed_runs(self) -> None:
+        """Advance every entry already due to now, claiming it without publishing."""
+        runs = {}
+        for name, entry in list(self.schedule.items()):
+            if self.is_due(entry)[0]:  # type: ignore[attr-defined]
+                entry.last_run_at = entry.default_now()
+                self.schedule[name] = entry
+                runs[name] = self._record(entry)
+                logger.info("leaderbeat: skipping runs of %r missed while no replica led", name)
+        if runs:
+            self._claim(runs)
+
+    # -- fenced dispatch ---------------------------------------------------------
+
+    def reserve(self, entry: ScheduleEntry) -> ScheduleEntry:
+        """Advance the entry as the base does, then claim the run in the store."""
+        new_entry: ScheduleEntry = super().reserve(entry)  # type: ignore[misc]
+        if isinstance(self.elector, LeaseElector):
+            self._claim({new_entry.name: self._record(new_entry)})
+        return new_entry
+
+    def _record(self, entry: ScheduleEntry) -> str:
+        return RunRecord(entry.last_run_at, entry.total_run_count, self.term or 0).encode()
+
+    def _claim(self, runs: dict[str, str]) -> None:
+        assert isinstance(self.elector, LeaseElector)
+        self.elector.claim(runs)
+
+    def apply_async(self, entry: ScheduleEntry, producer: Any = None, advance: bool = True,
+                    **kwargs: Any) -> Any:
+        """Publish with the fencing token (lease, term, scheduled time) in the headers."""
+        with self._fencing_headers(entry):
+            return super().apply_async(  # type: ignore[misc]
+                entry, producer=producer, advance=advance, **kwargs)
+
+    @contextlib.contextmanager
+    def _fencing_headers(self, entry: ScheduleEntry) -> Iterator[None]:
+        term = self.term
+        if term is None:
+            yield
+            return
+        original = entry.options
+        headers = dict((original or {}).get("headers") or {})
+        headers.update({
+            LEASE_HEADER: self.leader_settings.lease_name,
+            TERM_HEADER: term,
+            SCHEDULED_AT_HEADER: _scheduled_at(entry),
+        })
+        entry.options = {**(original or {}), "headers": headers}
+        try:
+            yield
+        finally:
+            entry.options = original
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def _announce(self) -> None:
+        if self._announced:
+            return
+        self._announced = True
+        if self._elector_chosen_implicitly and isinstance(
+                getattr(self.elector, "store", None), FileLeaseStore):
+            logger.warning(
+                "leaderbeat: no leaderbeat_elector set and the broker is not Redis: using a "
+                "file lock (%s), which only protects replicas on this one host. Set "
+                "leaderbeat_elector (CELERY_LEADERBEAT_ELECTOR) to share leadership "
+                "between hosts.", self.elector.describe())  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        """Release the lease first, so a standby takes over at once; then close."""
+        if not self._closed:
+            self._closed = True
+            for hook in ("release", "close"):
+                method = getattr(self.elector, hook, None)
+                if method is None:
+                    continue
+                try:
+                    method()
+                except Exception as exc:
+                    logger.warning("leaderbeat: elector %s() failed: %r", hook, exc)
+            if self._leading:
+                self._leading = False
+                logger.info("leaderbeat: %s released the lease of %r on shutdown",
+                            self.leader_settings.identity, self.leader_settings.lease_name)
+        super().close()  # type: ignore[misc]
+
+    @property
+    def info(self) -> str:
+        """The beat banner: elector, lease, identity and timings (no secrets)."""
+        s = self.leader_settings
+        t = s.timing
+        describe = getattr(self.elector, "describe", None)
+        where = describe() if callable(describe) else repr(self.elector)
+        how = " (default)" if self._elector_chosen_implicitly else ""
+        lines = [
+            super().info,  # type: ignore[misc]
+            f"    . leaderbeat -> {where}{how}",
+            f"    . lease -> {s.lease_name!r} as {s.identity!r}",
+            f"    . lease timing -> ttl {t.ttl}s, renew every {t.renew_interval}s, "
+            f"standby retry every {t.retry_interval}s",
+        ]
+        return "\n".join(line for line in lines if line)
+
+
+def _scheduled_at(entry: ScheduleEntry) -> str | None:
+    """When this run fell due, as ISO 8601: last run plus what the schedule says."""
+    try:
+        remaining: timedelta = entry.schedule.remaining_estimate(entry.last_run_at)
+        now: datetime = entry.default_now()
+    except Exception:  # exotic schedules without an estimate
+        return None
+    return (now + min(remaining, timedelta(0))).isoformat()
+
+
+class LeaderScheduler(LeaderSchedulerMixin, PersistentScheduler):  # type: ignore[misc]
+    """Celery's ``PersistentScheduler``, dispatching only while this replica leads."""

@@ -1,0 +1,187 @@
+"""Reading and validating the ``leaderbeat_*`` settings from ``app.conf``.
+
+Every setting is read once, when the scheduler is built (before the beat
+banner is printed), and every mistake raises Celery's ``ImproperlyConfigured``
+naming the setting, its Django spelling and the expected form.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, NoReturn
+
+from celery.exceptions import ImproperlyConfigured
+
+from .lease import LeaseTiming
+
+__all__ = ["SETTINGS", "LeaderSettings", "Setting", "improperly_configured"]
+
+CATCH_UP_POLICIES = ("once", "skip")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One ``leaderbeat_*`` setting: its key, default and the form it expects."""
+
+    key: str
+    default: Any
+    expected: str
+    doc: str
+
+    @property
+    def django_name(self) -> str:
+        return "CELERY_" + self.key.upper()
+
+
+SETTINGS = {
+    s.key: s
+    for s in (
+        Setting(
+            "leaderbeat_elector",
+            None,
+            "a URL (redis://, rediss://, unix://, file:///path, static://leader, ...), "
+            "a dotted path to an elector class or object, an elector instance, or a callable",
+            "Where leadership is decided. Unset: the broker's Redis when the broker is "
+            "Redis, otherwise a file lock in the temporary directory (one host only).",
+        ),
+        Setting(
+            "leaderbeat_lease_name",
+            None,
+            "a non-empty string of letters, digits and . _ : -",
+            "Name of the lease and run history, so independent beat groups can share a "
+            "store. Default: the app's main module name.",
+        ),
+        Setting(
+            "leaderbeat_identity",
+            None,
+            "a non-empty string",
+            "How this replica is named in the lease, logs and status. Default: host:pid.",
+        ),
+        Setting(
+            "leaderbeat_lease_ttl",
+            5.0,
+            "a positive number of seconds, above leaderbeat_renew_interval",
+            "How long a lease lasts without renewal: the bound on takeover after a crash.",
+        ),
+        Setting(
+            "leaderbeat_renew_interval",
+            1.5,
+            "a positive number of seconds, below leaderbeat_lease_ttl",
+            "How often the leader renews its lease.",
+        ),
+        Setting(
+            "leaderbeat_retry_interval",
+            0.5,
+            "a positive number of seconds",
+            "How often a standby tries to acquire the lease: the bound on takeover "
+            "after a graceful stop.",
+        ),
+        Setting(
+            "leaderbeat_redis_options",
+            None,
+            "a dict of redis.Redis keyword arguments",
+            "Options for the Redis client (timeouts, TLS certificates, ...).",
+        ),
+        Setting(
+            "leaderbeat_catch_up",
+            "once",
+            "'once' or 'skip'",
+            "Runs that fell due while no replica led: dispatched once by the new leader "
+            "('once') or skipped ('skip').",
+        ),
+    )
+}
+
+
+def improperly_configured(key: str, problem: str) -> NoReturn:
+    """Raise ImproperlyConfigured naming the setting in both spellings."""
+    setting = SETTINGS.get(key)
+    django = f" (Django: {setting.django_name})" if setting else ""
+    expected = f"; expected {setting.expected}" if setting else ""
+    raise ImproperlyConfigured(f"{key}{django}: {problem}{expected}.")
+
+
+def _number(conf: Mapping[str, Any], key: str) -> float:
+    value = conf.get(key)
+    if value is None:
+        value = SETTINGS[key].default
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        improperly_configured(key, f"got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        improperly_configured(key, f"got {value!r}")
+    if not number > 0 or number == float("inf"):
+        improperly_configured(key, f"got {value!r}")
+    return number
+
+
+_NAME = re.compile(r"^[A-Za-z0-9._:\-]+$")
+
+
+def default_identity() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class LeaderSettings:
+    """The validated leaderbeat settings of one app."""
+
+    elector: Any
+    lease_name: str
+    identity: str
+    timing: LeaseTiming
+    redis_options: dict[str, Any] = field(default_factory=dict)
+    catch_up: str = "once"
+    broker_url: str | None = None
+
+    @classmethod
+    def from_app(cls, app: Any, identity: Callable[[], str] | None = None) -> LeaderSettings:
+        conf = app.conf
+        timing = LeaseTiming(
+            ttl=_number(conf, "leaderbeat_lease_ttl"),
+            renew_interval=_number(conf, "leaderbeat_renew_interval"),
+            retry_interval=_number(conf, "leaderbeat_retry_interval"),
+        )
+        for field_name, problem in timing.problems():
+            key = {"ttl": "leaderbeat_lease_ttl"}.get(field_name, f"leaderbeat_{field_name}")
+            improperly_configured(key, problem)
+
+        lease_name = conf.get("leaderbeat_lease_name") or app.main or "celery"
+        if not isinstance(lease_name, str) or not _NAME.match(lease_name):
+            improperly_configured("leaderbeat_lease_name", f"got {lease_name!r}")
+
+        replica = conf.get("leaderbeat_identity") or (identity or default_identity)()
+        if not isinstance(replica, str) or not replica.strip():
+            improperly_configured("leaderbeat_identity", f"got {replica!r}")
+
+        redis_options = conf.get("leaderbeat_redis_options") or {}
+        if not isinstance(redis_options, Mapping):
+            improperly_configured("leaderbeat_redis_options", f"got {redis_options!r}")
+
+        catch_up = conf.get("leaderbeat_catch_up") or "once"
+        if catch_up not in CATCH_UP_POLICIES:
+            improperly_configured("leaderbeat_catch_up", f"got {catch_up!r}")
+
+        return cls(
+            elector=conf.get("leaderbeat_elector"),
+            lease_name=lease_name,
+            identity=replica,
+            timing=timing,
+            redis_options=dict(redis_options),
+            catch_up=catch_up,
+            broker_url=_first_broker_url(getattr(conf, "broker_url", None)),
+        )
+
+
+def _first_broker_url(value: Any) -> str | None:
+    """Celery allows failover lists (``;``-separated or a list); lead with the first."""
+    if isinstance(value, (list, tuple)):
+        value = value[0] if value else None
+    if isinstance(value, str):
+        return value.split(";")[0].strip() or None
+    return None
