@@ -23,10 +23,11 @@ from typing import Any
 from celery.beat import PersistentScheduler, ScheduleEntry
 from celery.utils.log import get_logger
 
+from . import signals
 from .backends import choose_elector
 from .elector import Elector, NotLeader
 from .history import RunRecord, apply_history, decode_history
-from .lease import FencedOut, LeadershipLost, LeaseElector, StoreUnavailable
+from .lease import FencedOut, LeadershipLost, LeaseElector, LeaseHeld, StoreUnavailable
 from .settings import LeaderSettings
 from .stores.file import FileLeaseStore
 
@@ -58,6 +59,8 @@ class LeaderSchedulerMixin:
         self._leading = False
         self._needs_takeover = False
         self._last_refusal: str | None = None
+        self._leading_term: int | None = None
+        self._observed: tuple[str | None, int] | None = None
         self._announced = False
         self._closed = False
         super().__init__(app, *args, **kwargs)  # type: ignore[call-arg]
@@ -72,7 +75,9 @@ class LeaderSchedulerMixin:
             return retry
         try:
             if self._needs_takeover:
-                self._take_over()
+                self.adopt_shared_history()
+                self._heap = None  # rebuild the heap from the entries as they are now
+                self._needs_takeover = False
             interval: float = super().tick(*args, **kwargs)  # type: ignore[misc]
         except FencedOut as exc:
             self._stop_leading(str(exc), cause=exc.cause)
@@ -84,33 +89,47 @@ class LeaderSchedulerMixin:
 
     def _ask_elector(self) -> bool:
         """One question, every tick. Exceptions are answers too: "not now"."""
+        refusal: NotLeader | None
         try:
             leader = bool(self.elector.is_leader())
-            refusal = None if leader else "the elector answered no"
+            refusal = None if leader else NotLeader("the elector answered no")
         except NotLeader as exc:
-            leader, refusal = False, str(exc)
+            leader, refusal = False, exc
         except Exception as exc:  # a custom elector's bug must not stop beat
-            leader, refusal = False, f"elector raised {exc!r}"
+            leader, refusal = False, NotLeader(f"elector raised {exc!r}")
         if leader:
             if not self._leading:
                 self._start_leading()
             return True
+        assert refusal is not None
         if self._leading:
-            self._stop_leading(refusal or "")
-        elif refusal != self._last_refusal:
+            cause = getattr(refusal, "cause", "elector")
+            self._stop_leading(str(refusal), cause=cause)
+        elif str(refusal) != self._last_refusal:
             logger.info("leaderbeat: %s is a standby: %s",
                         self.leader_settings.identity, refusal)
-        self._last_refusal = refusal
+            self._last_refusal = str(refusal)
+        if isinstance(refusal, LeaseHeld):
+            self._observe(refusal)
         return False
+
+    def _signal_args(self) -> dict[str, Any]:
+        return {
+            "identity": self.leader_settings.identity,
+            "term": self.term,
+            "lease_name": self.leader_settings.lease_name,
+        }
 
     def _start_leading(self) -> None:
         self._leading = True
         self._needs_takeover = True
         self._last_refusal = None
+        self._leading_term = self.term
         logger.info(
             "leaderbeat: %s is now the leader of %r (term %s)",
             self.leader_settings.identity, self.leader_settings.lease_name, self.term,
         )
+        signals.leadership_gained.send(sender=self, **self._signal_args())
 
     def _stop_leading(self, reason: str, cause: str = LeadershipLost.FENCED_OUT) -> None:
         if isinstance(self.elector, LeaseElector):
@@ -121,6 +140,18 @@ class LeaderSchedulerMixin:
             "leaderbeat: %s is no longer the leader of %r: %s",
             self.leader_settings.identity, self.leader_settings.lease_name, reason,
         )
+        args = {**self._signal_args(), "term": self._leading_term}
+        signals.leadership_lost.send(sender=self, reason=reason, cause=cause, **args)
+        self._leading_term = None
+
+    def _observe(self, held: LeaseHeld) -> None:
+        """Tell once per term which other replica leads."""
+        seen = (held.holder, held.term)
+        if seen == self._observed:
+            return
+        self._observed = seen
+        signals.leader_observed.send(
+            sender=self, leader=held.holder, leader_term=held.term, **self._signal_args())
 
     def _time_until_renewal(self) -> float:
         if isinstance(self.elector, LeaseElector):
@@ -138,17 +169,19 @@ class LeaderSchedulerMixin:
 
     # -- takeover: shared run history --------------------------------------------
 
-    def _take_over(self) -> None:
-        """Before the first dispatch of a term: adopt the shared history."""
+    def adopt_shared_history(self) -> None:
+        """Before the first dispatch of a term: adopt what earlier leaders dispatched.
+
+        Schedulers that keep their own shared history (a database) override this
+        to reload it; raising StoreUnavailable postpones dispatch to a later tick.
+        """
         if isinstance(self.elector, LeaseElector):
             records = decode_history(self.elector.load_history())
             gone = apply_history(self.schedule, records, self.app.timezone)
             if gone:
                 self.elector.forget(gone)
-            if self.leader_settings.catch_up == "skip":
-                self._skip_missed_runs()
-        self._heap = None  # rebuild the heap from the entries as they are now
-        self._needs_takeover = False
+        if self.leader_settings.catch_up == "skip":
+            self._skip_missed_runs()
 
     def _skip_missed_runs(self) -> None:
         """Advance every entry already due to now, claiming it without publishing."""
@@ -175,8 +208,8 @@ class LeaderSchedulerMixin:
         return RunRecord(entry.last_run_at, entry.total_run_count, self.term or 0).encode()
 
     def _claim(self, runs: dict[str, str]) -> None:
-        assert isinstance(self.elector, LeaseElector)
-        self.elector.claim(runs)
+        if isinstance(self.elector, LeaseElector):
+            self.elector.claim(runs)
 
     def apply_async(self, entry: ScheduleEntry, producer: Any = None, advance: bool = True,
                     **kwargs: Any) -> Any:
@@ -231,9 +264,7 @@ class LeaderSchedulerMixin:
                 except Exception as exc:
                     logger.warning("leaderbeat: elector %s() failed: %r", hook, exc)
             if self._leading:
-                self._leading = False
-                logger.info("leaderbeat: %s released the lease of %r on shutdown",
-                            self.leader_settings.identity, self.leader_settings.lease_name)
+                self._stop_leading("released on shutdown", cause=LeadershipLost.RELEASED)
         super().close()  # type: ignore[misc]
 
     @property
