@@ -220,6 +220,11 @@ class LeaseElector:
         now = self._clock()
         if self._term is not None:
             self._keep(now)
+            if self._term is None:
+                # Report the loss before trying again: a lease re-acquired in the
+                # same call would be a new term the caller never saw start, so it
+                # would skip the takeover (history reload) that a new term needs.
+                raise self._refusal
         if self._term is None and now >= self._next_attempt:
             self._try_acquire(now)
         if self._term is None:

@@ -1,0 +1,154 @@
+"""Shared fixtures: a private Redis, unique lease names, apps, schedulers, queue taps.
+
+Everything a test touches is its own: a redis-server on a free port for the
+whole session, a lease name (also used as queue name) per test, schedule
+files under the test's tmp_path. The shared loopback servers are never used
+here, so parallel runs by other people cannot collide with ours.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from queue import Empty
+from typing import Any, Callable
+
+import pytest
+from celery import Celery
+from kombu import Exchange, Message, Queue
+
+from celery_leaderbeat import LeaderScheduler
+from celery_leaderbeat.testing import RedisServer, wait_for
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A private redis-server for the session. Tests that stop or pause Redis start their own."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def lease_name(request: pytest.FixtureRequest) -> str:
+    """A lease name no other test (or other run on this machine) uses."""
+    base = re.sub(r"[^A-Za-z0-9._:-]+", "-", request.node.name)[:60]
+    return f"t-{base}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def make_app(redis_server: RedisServer, lease_name: str) -> Iterator[Callable[..., Celery]]:
+    """Build Celery apps on the private Redis: broker and lease store, one queue per test.
+
+    Keyword arguments are app settings and override the defaults here.
+    """
+    apps: list[Celery] = []
+
+    def make(**conf: Any) -> Celery:
+        app = Celery(lease_name, set_as_current=False)
+        app.conf.update({
+            "broker_url": redis_server.url,
+            "task_default_queue": lease_name,
+            "leaderbeat_elector": redis_server.url,
+            "leaderbeat_lease_name": lease_name,
+            "beat_schedule": {},
+            **conf,
+        })
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.close()
+
+
+@pytest.fixture
+def make_scheduler(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Build LeaderScheduler instances (or another class) with their own schedule file.
+
+    Every scheduler still open at the end of the test is closed, which also
+    releases its lease.
+    """
+    made: list[Any] = []
+
+    def make(app: Celery, identity: str, cls: type = LeaderScheduler, **kwargs: Any) -> Any:
+        app.conf.leaderbeat_identity = identity
+        kwargs.setdefault("schedule_filename", str(tmp_path / f"{identity}-schedule"))
+        scheduler = cls(app, **kwargs)
+        made.append(scheduler)
+        return scheduler
+
+    yield make
+    for scheduler in made:
+        scheduler.close()
+
+
+class QueueTap:
+    """Reads what was really published to one queue, as a worker would receive it."""
+
+    def __init__(self, app: Celery, name: str) -> None:
+        self.connection = app.connection_for_read()
+        queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
+        self.queue = self.connection.SimpleQueue(queue)
+        self.received: list[Message] = []
+
+    def drain(self) -> list[Message]:
+        """Take every message waiting now; return the new ones (all are kept in received)."""
+        new = []
+        while True:
+            try:
+                message = self.queue.get(block=False)
+            except Empty:
+                break
+            message.ack()
+            new.append(message)
+        self.received += new
+        return new
+
+    def wait(self, count: int, timeout: float) -> list[Message]:
+        """Wait until ``count`` messages in all have arrived; return every one received."""
+        def enough() -> bool:
+            self.drain()
+            return len(self.received) >= count
+
+        wait_for(enough, timeout, message=f"{count} messages on {self.queue.name}")
+        return self.received
+
+    def close(self) -> None:
+        self.queue.close()
+        self.connection.release()
+
+
+@pytest.fixture
+def tap(make_app: Callable[..., Celery], lease_name: str) -> Iterator[QueueTap]:
+    """A consumer of the test's queue, declared before anything is published to it."""
+    queue_tap = QueueTap(make_app(), lease_name)
+    yield queue_tap
+    queue_tap.close()
+
+
+def tick_until(
+    schedulers: list[Any], condition: Callable[[], Any], timeout: float, nap: float = 0.05
+) -> Any:
+    """Run the beat loop of several schedulers in turn until ``condition()`` holds.
+
+    Like ``celery.beat.Service`` but with naps capped at ``nap`` seconds, so a
+    test never waits on a long sleep the scheduler asked for.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        delays = [scheduler.tick() for scheduler in schedulers]
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"condition not met within {timeout}s of ticking")
+        time.sleep(min([nap, *delays]))
+
+
+@pytest.fixture
+def ticker() -> Callable[..., Any]:
+    """:func:`tick_until`, as a fixture so test modules need not import conftest."""
+    return tick_until
