@@ -51,6 +51,11 @@ class LeaderSchedulerMixin:
     schedule: Any
     _heap: Any
 
+    #: Standbys keep a local shadow of the schedule (see _shadow_tick). Schedulers
+    #: whose own state is shared between replicas (a database) set this to False.
+    shadow_standby = True
+    _shadowing = False
+
     def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
         self.leader_settings = LeaderSettings.from_app(app)
         choice = choose_elector(self.leader_settings)
@@ -72,7 +77,7 @@ class LeaderSchedulerMixin:
         self._announce()
         retry = self.leader_settings.timing.retry_interval
         if not self._ask_elector():
-            return retry
+            return min(retry, self._shadow_tick(*args, **kwargs))
         try:
             if self._needs_takeover:
                 self.adopt_shared_history()
@@ -86,6 +91,26 @@ class LeaderSchedulerMixin:
             logger.warning("leaderbeat: cannot read the run history, not dispatching: %s", exc)
             return retry
         return min(interval, self._time_until_renewal())
+
+    def _shadow_tick(self, *args: Any, **kwargs: Any) -> float:
+        """Advance the local schedule as the leader would, publishing nothing.
+
+        The shared history is authoritative at takeover; this local shadow is
+        what remains when the store lost it (a Redis restart without
+        persistence): a standby that takes over then does not re-send runs the
+        old leader already sent. Off for schedulers whose state is shared.
+        """
+        if not self.shadow_standby:
+            return self.leader_settings.timing.retry_interval
+        self._shadowing = True
+        try:
+            interval: float = super().tick(*args, **kwargs)  # type: ignore[misc]
+            return interval
+        except Exception as exc:  # a shadow must never stop the standby from asking
+            logger.debug("leaderbeat: shadow tick failed: %r", exc)
+            return self.leader_settings.timing.retry_interval
+        finally:
+            self._shadowing = False
 
     def _ask_elector(self) -> bool:
         """One question, every tick. Exceptions are answers too: "not now"."""
@@ -200,7 +225,7 @@ class LeaderSchedulerMixin:
     def reserve(self, entry: ScheduleEntry) -> ScheduleEntry:
         """Advance the entry as the base does, then claim the run in the store."""
         new_entry: ScheduleEntry = super().reserve(entry)  # type: ignore[misc]
-        if isinstance(self.elector, LeaseElector):
+        if isinstance(self.elector, LeaseElector) and not self._shadowing:
             self._claim({new_entry.name: self._record(new_entry)})
         return new_entry
 
@@ -210,6 +235,22 @@ class LeaderSchedulerMixin:
     def _claim(self, runs: dict[str, str]) -> None:
         if isinstance(self.elector, LeaseElector):
             self.elector.claim(runs)
+
+    def apply_entry(self, entry: ScheduleEntry, producer: Any = None) -> None:
+        if self._shadowing:
+            return
+        super().apply_entry(entry, producer=producer)  # type: ignore[misc]
+
+    @property
+    def producer(self) -> Any:
+        """The base's producer, but none while shadowing: a standby never connects to publish."""
+        if self._shadowing:
+            return None
+        cached = self.__dict__.get("_leaderbeat_producer")
+        if cached is None:
+            cached = self.Producer(self._ensure_connected(), auto_declare=False)  # type: ignore[attr-defined]
+            self.__dict__["_leaderbeat_producer"] = cached
+        return cached
 
     def apply_async(self, entry: ScheduleEntry, producer: Any = None, advance: bool = True,
                     **kwargs: Any) -> Any:

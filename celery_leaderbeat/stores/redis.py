@@ -10,8 +10,10 @@ Keys, all in one Redis Cluster slot thanks to the ``{name}`` hash tag:
 
 Every mutation checks owner token and term inside one script. Limits: a
 Redis that loses data (restart without persistence, failover to a replica
-that missed the last writes) loses the lease and history with it; terms
-then start again from 1.
+that missed the last writes) loses the lease and history with it. Terms
+survive that: a missing counter is seeded from the Redis clock in seconds,
+which is above any earlier term unless leadership changed hands more than
+once a second on average since the counter was first seeded.
 """
 
 from __future__ import annotations
@@ -51,6 +53,12 @@ if held[1] then
   return {0, held[2], held[3]}
 end
 local term = redis.call('HINCRBY', KEYS[2], 'term', 1)
+if term == 1 then
+  -- A new or wiped Redis: seed terms from the Redis clock (seconds), so they
+  -- keep increasing across a restart that lost the counter.
+  term = tonumber(redis.call('TIME')[1])
+  redis.call('HSET', KEYS[2], 'term', term)
+end
 if redis.call('HGET', KEYS[2], 'last_identity') ~= ARGV[2] then
   redis.call('HINCRBY', KEYS[2], 'transitions', 1)
   redis.call('HSET', KEYS[2], 'last_identity', ARGV[2])
