@@ -123,6 +123,10 @@ class LeaderSchedulerMixin:
         except Exception as exc:  # a custom elector's bug must not stop beat
             leader, refusal = False, NotLeader(f"elector raised {exc!r}")
         if leader:
+            if self._leading and self.term != self._leading_term:
+                # A new term is a new leadership, even without a "no" in between:
+                # the history must be adopted again before dispatching.
+                self._stop_leading(f"term {self._leading_term} ended", cause=LeadershipLost.TAKEN)
             if not self._leading:
                 self._start_leading()
             return True
