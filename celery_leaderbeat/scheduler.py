@@ -126,7 +126,8 @@ class LeaderSchedulerMixin:
             if self._leading and self.term != self._leading_term:
                 # A new term is a new leadership, even without a "no" in between:
                 # the history must be adopted again before dispatching.
-                self._stop_leading(f"term {self._leading_term} ended", cause=LeadershipLost.TAKEN)
+                self._stop_leading(f"term {self._leading_term} ended",
+                                   cause=LeadershipLost.TAKEN, step_down=False)
             if not self._leading:
                 self._start_leading()
             return True
@@ -160,8 +161,9 @@ class LeaderSchedulerMixin:
         )
         signals.leadership_gained.send(sender=self, **self._signal_args())
 
-    def _stop_leading(self, reason: str, cause: str = LeadershipLost.FENCED_OUT) -> None:
-        if isinstance(self.elector, LeaseElector):
+    def _stop_leading(self, reason: str, cause: str = LeadershipLost.FENCED_OUT,
+                      step_down: bool = True) -> None:
+        if step_down and isinstance(self.elector, LeaseElector):
             self.elector.step_down(cause, reason)
         self._leading = False
         self._last_refusal = reason
