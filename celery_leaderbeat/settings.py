@@ -93,6 +93,13 @@ SETTINGS = {
             "Runs that fell due while no replica led: dispatched once by the new leader "
             "('once') or skipped ('skip').",
         ),
+        Setting(
+            "leaderbeat_fencing_url",
+            None,
+            "a redis://, rediss:// or unix:// URL",
+            "Worker side, for FencedTask: where the newest term seen is kept, shared by all "
+            "workers. Unset: each worker process remembers on its own.",
+        ),
     )
 }
 
