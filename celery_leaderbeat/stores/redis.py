@@ -193,11 +193,12 @@ class RedisLeaseStore:
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
         if not lease:
             return None
+        lease = {_text(k): v for k, v in lease.items()}  # bytes unless decode_responses
         return LeaseRecord(
-            holder=_text(lease.get(b"identity")),
-            term=int(lease.get(b"term", 0)),
-            acquired_at=_stamp(lease.get(b"acquired_at")),
-            renewed_at=_stamp(lease.get(b"renewed_at")),
+            holder=_text(lease.get("identity")),
+            term=int(lease.get("term", 0)),
+            acquired_at=_stamp(lease.get("acquired_at")),
+            renewed_at=_stamp(lease.get("renewed_at")),
             expires_in=pttl / 1000.0 if pttl and pttl > 0 else None,
             transitions=int(transitions or 0),
         )

@@ -1,0 +1,220 @@
+"""The Redis lease store against a real, private redis-server.
+
+Tests that stop, restart or pause Redis start a server of their own, so the
+session's server (and the shared one on 6379) are never disturbed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import datetime
+
+import pytest
+
+from celery_leaderbeat.elector import NotLeader
+from celery_leaderbeat.lease import LeaseElector, LeaseHeld, LeaseTiming, StoreUnavailable
+from celery_leaderbeat.stores.redis import RedisLeaseStore
+from celery_leaderbeat.testing import RedisServer, wait_for
+
+FAST = LeaseTiming(ttl=2.0, renew_interval=0.5, retry_interval=0.2)
+
+
+@pytest.fixture
+def own_server() -> Iterator[RedisServer]:
+    """A redis-server this test alone may stop, restart or pause."""
+    with RedisServer() as server:
+        yield server
+
+
+def store_on(url: str, name: str, **options: object) -> RedisLeaseStore:
+    return RedisLeaseStore.from_url(url, name, options)
+
+
+def elector_on(url: str, name: str, identity: str, timing: LeaseTiming = FAST,
+               **options: object) -> LeaseElector:
+    return LeaseElector(store_on(url, name, **options), identity=identity, timing=timing)
+
+
+def leads(candidate: LeaseElector) -> bool:
+    """One tick's answer; only NotLeader may come out of the elector."""
+    try:
+        return candidate.is_leader()
+    except NotLeader:
+        return False
+
+
+def test_two_electors_on_one_key_only_one_leads(redis_server: RedisServer,
+                                                lease_name: str) -> None:
+    a = elector_on(redis_server.url, lease_name, "a")
+    b = elector_on(redis_server.url, lease_name, "b")
+    answers = []
+    deadline = time.monotonic() + 1.5  # spans renewals and standby attempts
+    while time.monotonic() < deadline:
+        answers.append((leads(a), leads(b)))
+        time.sleep(0.02)
+    assert set(answers) == {(True, False)}
+    with pytest.raises(LeaseHeld) as caught:
+        b.is_leader()
+    assert caught.value.holder == "a"
+    assert caught.value.term == a.term
+
+
+def test_release_hands_over_within_the_standby_retry(redis_server: RedisServer,
+                                                     lease_name: str) -> None:
+    a = elector_on(redis_server.url, lease_name, "a")
+    b = elector_on(redis_server.url, lease_name, "b")
+    assert leads(a) and not leads(b)
+    first_term = a.term
+    released_at = time.monotonic()
+    a.release()
+    wait_for(lambda: leads(b), timeout=5)
+    handover = time.monotonic() - released_at
+    assert handover <= FAST.retry_interval + 0.5
+    assert b.term is not None and first_term is not None and b.term > first_term
+    assert not leads(a)  # the releaser waits a whole TTL before trying again
+
+
+def test_term_increases_with_every_acquisition_and_survives_expiry(
+        redis_server: RedisServer, lease_name: str) -> None:
+    short = LeaseTiming(ttl=0.3, renew_interval=0.1, retry_interval=0.05)
+    a = elector_on(redis_server.url, lease_name, "a", short)
+    b = elector_on(redis_server.url, lease_name, "b", short)
+    terms = []
+    for candidate in (a, b, a):
+        wait_for(lambda c=candidate: leads(c), timeout=5)  # type: ignore[misc]
+        terms.append(candidate.term)
+        # Leave the lease to expire in Redis: the key goes, the term counter stays.
+        wait_for(lambda: a.store.read() is None, timeout=5)
+        assert not leads(candidate)
+    assert terms == sorted(terms) and len(set(terms)) == 3
+
+
+def test_claims_by_a_stale_term_or_owner_are_refused_and_write_nothing(
+        redis_server: RedisServer, lease_name: str) -> None:
+    store = store_on(redis_server.url, lease_name)
+    a = LeaseElector(store, identity="a", timing=FAST)
+    assert leads(a)
+    term = a.term
+    assert term is not None
+    assert store.claim(a.owner, term, {"every-second": "r1"})
+    assert not store.claim(a.owner, term - 1, {"every-second": "stale term"})
+    assert not store.claim("someone-else", term, {"every-second": "stale owner"})
+    assert not store.claim(a.owner, term + 1, {"new-entry": "future term"})
+    assert store.load_history() == {"every-second": "r1"}
+
+
+def test_forget_drops_records_only_for_the_lease_holder(redis_server: RedisServer,
+                                                       lease_name: str) -> None:
+    store = store_on(redis_server.url, lease_name)
+    a = LeaseElector(store, identity="a", timing=FAST)
+    assert leads(a)
+    term = a.term
+    assert term is not None
+    a.claim({"kept": "r1", "gone": "r2", "also-gone": "r3"})
+    assert not store.forget("someone-else", term, ["gone"])
+    assert set(store.load_history()) == {"kept", "gone", "also-gone"}
+    a.forget(["gone", "also-gone"])
+    assert store.load_history() == {"kept": "r1"}
+
+
+@pytest.mark.parametrize("decode_responses", [False, True])
+def test_read_shows_the_lease_as_plain_data(redis_server: RedisServer, lease_name: str,
+                                            decode_responses: bool) -> None:
+    url = redis_server.url
+    a = elector_on(url, lease_name, "a", decode_responses=decode_responses)
+    b = elector_on(url, lease_name, "b", decode_responses=decode_responses)
+    store = store_on(url, lease_name, decode_responses=decode_responses)
+    assert store.read() is None
+    assert leads(a)
+    first = store.read()
+    assert first is not None
+    assert first.holder == "a"
+    assert first.term == a.term
+    assert first.expires_in is not None and 0 < first.expires_in <= FAST.ttl
+    assert isinstance(first.acquired_at, datetime)
+    assert first.renewed_at == first.acquired_at
+    assert first.transitions == 1
+    a.release()
+    wait_for(lambda: leads(b), timeout=5)
+    second = store.read()
+    assert second is not None
+    assert (second.holder, second.term, second.transitions) == ("b", b.term, 2)
+    b.claim({"every-second": "r1"})
+    assert store.load_history() == {"every-second": "r1"}
+    # A renewal moves renewed_at, not acquired_at.
+    wait_for(lambda: leads(b) and (store.read() or second).renewed_at != second.renewed_at,
+             timeout=5)
+    third = store.read()
+    assert third is not None and third.acquired_at == second.acquired_at
+
+
+def test_a_stopped_redis_ends_leadership_within_the_ttl_and_restarts_cleanly(
+        own_server: RedisServer, lease_name: str) -> None:
+    a = elector_on(own_server.url, lease_name, "a")
+    b = elector_on(own_server.url, lease_name, "b")
+    assert leads(a) and not leads(b)
+    own_server.stop()
+    stopped_at = time.monotonic()
+    # Any exception other than NotLeader escaping is_leader() fails this test.
+    wait_for(lambda: not leads(a), timeout=FAST.ttl + 2)
+    assert time.monotonic() - stopped_at <= FAST.ttl
+    _nobody_leads_while_down([a, b], 1.0)
+    with pytest.raises(NotLeader, match="store unavailable"):
+        b.is_leader()
+
+
+def _nobody_leads_while_down(electors: list[LeaseElector], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for candidate in electors:
+            with pytest.raises(NotLeader):
+                candidate.is_leader()
+        time.sleep(0.05)
+
+
+def test_redis_back_makes_someone_lead_again(own_server: RedisServer, lease_name: str) -> None:
+    a = elector_on(own_server.url, lease_name, "a")
+    b = elector_on(own_server.url, lease_name, "b")
+    assert leads(a) and not leads(b)
+    own_server.stop()
+    wait_for(lambda: not leads(a), timeout=FAST.ttl + 2)
+    _nobody_leads_while_down([a, b], 1.0)
+    own_server.start()  # same port, empty data
+    leader = wait_for(lambda: next((c for c in (a, b) if leads(c)), None),
+                      timeout=FAST.retry_interval + 3)
+    follower = b if leader is a else a
+    assert not leads(follower)
+
+
+def test_a_paused_redis_never_holds_a_tick_longer_than_the_client_timeout(
+        own_server: RedisServer, lease_name: str) -> None:
+    a = elector_on(own_server.url, lease_name, "a")
+    b = elector_on(own_server.url, lease_name, "b")
+    assert leads(a) and not leads(b)
+    own_server.pause()
+    try:
+        longest = 0.0
+        deadline = time.monotonic() + FAST.ttl + 1  # through the local deadline
+        while time.monotonic() < deadline:
+            for candidate in (a, b):
+                started = time.monotonic()
+                leads(candidate)
+                longest = max(longest, time.monotonic() - started)
+        assert not leads(a)  # its lease may have expired: it stopped leading
+    finally:
+        own_server.resume()
+    socket_timeout = 1.0  # DEFAULT_CLIENT_OPTIONS
+    assert longest <= socket_timeout + 0.5
+    wait_for(lambda: leads(a) or leads(b), timeout=FAST.ttl + 3)
+
+
+def test_redis_errors_in_read_and_history_surface_as_store_unavailable(
+        own_server: RedisServer, lease_name: str) -> None:
+    store = store_on(own_server.url, lease_name)
+    own_server.stop()
+    with pytest.raises(StoreUnavailable):
+        store.read()
+    with pytest.raises(StoreUnavailable):
+        store.load_history()
+    store.close()
