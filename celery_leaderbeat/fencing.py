@@ -28,6 +28,7 @@ from celery.exceptions import Ignore
 from celery.utils.log import get_logger
 
 from .scheduler import LEASE_HEADER, SCHEDULED_AT_HEADER, TERM_HEADER
+from .settings import improperly_configured
 
 __all__ = ["FencedTask", "LocalTermRegister", "RedisTermRegister", "TermRegister", "is_stale"]
 
@@ -99,9 +100,14 @@ _registers: dict[str, TermRegister] = {}
 _registers_lock = threading.Lock()
 
 
+FENCING_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
 def register_for(app: Any) -> TermRegister:
     """One register per process and configuration: shared Redis, or local memory."""
     url = app.conf.get("leaderbeat_fencing_url") or ""
+    if url and not (isinstance(url, str) and url.startswith(FENCING_SCHEMES)):
+        improperly_configured("leaderbeat_fencing_url", f"got {url!r}")
     with _registers_lock:
         if url not in _registers:
             _registers[url] = RedisTermRegister.from_url(url) if url else LocalTermRegister()
@@ -110,8 +116,6 @@ def register_for(app: Any) -> TermRegister:
 
 class FencedTask(Task):  # type: ignore[misc]
     """A task that refuses to run a beat message from a superseded leader term."""
-
-    abstract = True
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         request = self.request

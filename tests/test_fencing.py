@@ -66,3 +66,14 @@ def test_real_worker_drops_a_late_message_from_an_old_term() -> None:
             wait_for(lambda: "no headers" in labels(), 30, message="all messages handled")
 
         assert labels() == ["term 7", "term 8", "no headers"]
+
+
+def test_a_bad_fencing_url_names_the_setting() -> None:
+    from celery.exceptions import ImproperlyConfigured
+
+    from celery_leaderbeat.fencing import register_for
+
+    app = Celery("fencing_bad")
+    app.conf.leaderbeat_fencing_url = "reddis://localhost"
+    with pytest.raises(ImproperlyConfigured, match="leaderbeat_fencing_url"):
+        register_for(app)
