@@ -80,6 +80,9 @@ DEFAULT_SCHEDULE: dict[str, dict[str, Any]] = {
 
 GENERATED_APP_MODULE = "leaderbeat_replica_app"
 
+#: Written to a replica's log before each start, so each run's lines can be told apart.
+START_MARK = "--- starting"
+
 
 # -- the app every replica runs ----------------------------------------------------
 
@@ -330,7 +333,7 @@ class Replica:
             return self
         self._close_log()
         self._log = open(self.log_path, "ab")  # noqa: SIM115 (kept open for the child)
-        self._log.write(f"--- starting {self.identity} ---\n".encode())
+        self._log.write(f"{START_MARK} {self.identity} ---\n".encode())
         self._log.flush()
         self.process = subprocess.Popen(
             self.argv, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL,
@@ -398,10 +401,12 @@ class Replica:
         self.stop()
         return self.start()
 
-    def log(self) -> str:
+    def log(self, current_run: bool = False) -> str:
+        """The log file's text; with ``current_run``, only what the latest process wrote."""
+        text = ""
         with contextlib.suppress(FileNotFoundError), open(self.log_path, "rb") as fh:
-            return fh.read().decode(errors="replace")
-        return ""
+            text = fh.read().decode(errors="replace")
+        return text.rsplit(START_MARK, 1)[-1] if current_run else text
 
     def _close_log(self) -> None:
         if self._log is not None:
