@@ -51,8 +51,10 @@ def _redis_store(url: str, settings: LeaderSettings) -> LeaseStore:
 def _file_store(url: str, settings: LeaderSettings) -> LeaseStore:
     from .stores.file import FileLeaseStore
 
-    path = unquote(urlsplit(url).path)
-    if not path or not os.path.isabs(path):
+    parts = urlsplit(url)
+    path = unquote(parts.path)
+    # file://./beat.lock would otherwise become /beat.lock: a host part is a typo.
+    if parts.netloc not in ("", "localhost") or not path or not os.path.isabs(path):
         improperly_configured(KEY, f"{url!r} needs an absolute path, as in file:///var/run/beat.lock")
     return FileLeaseStore(path)
 

@@ -1,0 +1,195 @@
+"""Settings are validated when the scheduler is built, before beat prints its banner.
+
+Every mistake must raise Celery's ImproperlyConfigured naming the setting in
+both spellings, so an operator can find it in app.conf or in Django settings.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+from celery import Celery
+from celery.exceptions import ImproperlyConfigured
+
+from celery_leaderbeat import LeaderScheduler, LeaseElector, StaticElector
+from celery_leaderbeat.backends import default_file_path
+from celery_leaderbeat.stores.file import FileLeaseStore
+from celery_leaderbeat.stores.redis import RedisLeaseStore
+from celery_leaderbeat.testing import RedisServer, free_port
+
+
+class Unbuildable:
+    """An elector class whose constructor fails, to check that it is reported."""
+
+    def __init__(self) -> None:
+        raise RuntimeError("needs arguments")
+
+    def is_leader(self) -> bool:  # pragma: no cover - never built
+        return True
+
+
+@pytest.fixture
+def build(tmp_path: Path, lease_name: str) -> Callable[..., LeaderScheduler]:
+    """Build a scheduler from app settings, as ``celery beat`` does at start-up."""
+
+    def make(lazy: bool = True, **conf: Any) -> LeaderScheduler:
+        app = Celery(lease_name, set_as_current=False)
+        app.conf.update({"broker_url": "memory://", **conf})
+        return LeaderScheduler(app, lazy=lazy, schedule_filename=str(tmp_path / "schedule"))
+
+    return make
+
+
+BAD = [
+    ("leaderbeat_elector", "reddis://localhost:6379/0", "Did you mean redis://?"),
+    ("leaderbeat_elector", "postgressql://db/beat", "Did you mean postgresql://?"),
+    ("leaderbeat_elector", "no_such_module_zz.electors:Elector", "cannot import"),
+    ("leaderbeat_elector", "celery_leaderbeat.elector:NoSuchElector", "cannot import"),
+    ("leaderbeat_elector", "not a path at all", "neither a URL nor a dotted path"),
+    ("leaderbeat_elector", 42, "no is_leader() method"),
+    ("leaderbeat_elector", f"{__name__}:Unbuildable", "could not create Unbuildable()"),
+    ("leaderbeat_elector", "file://beat.lock", "needs an absolute path"),
+    ("leaderbeat_elector", "file://./beat.lock", "needs an absolute path"),
+    ("leaderbeat_elector", "file://var/run/beat.lock", "needs an absolute path"),
+    ("leaderbeat_elector", "static://bogus", "static://leader or static://standby"),
+    ("leaderbeat_lease_ttl", 0, "got 0"),
+    ("leaderbeat_lease_ttl", -5, "got -5"),
+    ("leaderbeat_lease_ttl", "five", "got 'five'"),
+    ("leaderbeat_lease_ttl", True, "got True"),
+    ("leaderbeat_lease_ttl", [5], "got [5]"),
+    ("leaderbeat_lease_ttl", float("inf"), "got inf"),
+    ("leaderbeat_lease_ttl", 1.5, "must be above renew_interval"),
+    ("leaderbeat_lease_ttl", 1, "must be above renew_interval"),
+    ("leaderbeat_renew_interval", 0, "got 0"),
+    ("leaderbeat_renew_interval", "soon", "got 'soon'"),
+    ("leaderbeat_retry_interval", -0.5, "got -0.5"),
+    ("leaderbeat_retry_interval", float("nan"), "got nan"),
+    ("leaderbeat_retry_interval", {}, "got {}"),
+    ("leaderbeat_lease_name", "two words", "got 'two words'"),
+    ("leaderbeat_lease_name", "a/b", "got 'a/b'"),
+    ("leaderbeat_lease_name", 123, "got 123"),
+    ("leaderbeat_identity", "   ", "got '   '"),
+    ("leaderbeat_identity", 7, "got 7"),
+    ("leaderbeat_catch_up", "always", "got 'always'"),
+    ("leaderbeat_catch_up", True, "got True"),
+    ("leaderbeat_redis_options", "socket_timeout=1", "got 'socket_timeout=1'"),
+    ("leaderbeat_redis_options", [("socket_timeout", 1)], "got [("),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "problem"), BAD)
+def test_a_bad_setting_is_improperly_configured_and_named(
+        build: Callable[..., LeaderScheduler], key: str, value: Any, problem: str) -> None:
+    with pytest.raises(ImproperlyConfigured) as caught:
+        build(**{key: value})
+    message = str(caught.value)
+    assert message.startswith(key)
+    assert f"(Django: CELERY_{key.upper()})" in message
+    assert problem in message
+    assert "expected" in message
+
+
+def test_bad_settings_in_django_spelling_are_reported(tmp_path: Path, lease_name: str) -> None:
+    class DjangoSettings:
+        CELERY_BROKER_URL = "memory://"
+        CELERY_LEADERBEAT_RETRY_INTERVAL = "0"
+
+    app = Celery(lease_name, set_as_current=False)
+    app.config_from_object(DjangoSettings, namespace="CELERY")
+    with pytest.raises(ImproperlyConfigured, match="CELERY_LEADERBEAT_RETRY_INTERVAL"):
+        LeaderScheduler(app, lazy=True, schedule_filename=str(tmp_path / "schedule"))
+
+
+def test_a_misspelt_url_never_echoes_its_password(
+        build: Callable[..., LeaderScheduler]) -> None:
+    with pytest.raises(ImproperlyConfigured) as caught:
+        build(leaderbeat_elector="reddis://beat:hunter2@localhost:6379/0")
+    assert "hunter2" not in str(caught.value)
+
+
+def test_django_style_settings_are_read(tmp_path: Path, lease_name: str,
+                                        redis_server: RedisServer) -> None:
+    class DjangoSettings:
+        CELERY_BROKER_URL = "memory://"
+        CELERY_LEADERBEAT_ELECTOR = redis_server.url
+        CELERY_LEADERBEAT_LEASE_NAME = lease_name
+        CELERY_LEADERBEAT_IDENTITY = "web-1"
+        CELERY_LEADERBEAT_LEASE_TTL = 8
+        CELERY_LEADERBEAT_RENEW_INTERVAL = "2.5"
+        CELERY_LEADERBEAT_RETRY_INTERVAL = 0.25
+        CELERY_LEADERBEAT_CATCH_UP = "skip"
+        CELERY_LEADERBEAT_REDIS_OPTIONS = {"socket_timeout": 2.0}
+
+    app = Celery("django_project", set_as_current=False)
+    app.config_from_object(DjangoSettings, namespace="CELERY")
+    scheduler = LeaderScheduler(app, schedule_filename=str(tmp_path / "schedule"))
+    s = scheduler.leader_settings
+    assert (s.lease_name, s.identity, s.catch_up) == (lease_name, "web-1", "skip")
+    assert (s.timing.ttl, s.timing.renew_interval, s.timing.retry_interval) == (8, 2.5, 0.25)
+    elector = scheduler.elector
+    assert isinstance(elector, LeaseElector) and isinstance(elector.store, RedisLeaseStore)
+    assert elector.store.client.connection_pool.connection_kwargs["socket_timeout"] == 2.0
+    scheduler.tick()
+    assert scheduler.is_leader  # it really reached that Redis
+    scheduler.close()
+
+
+def test_default_elector_is_the_brokers_redis(build: Callable[..., LeaderScheduler],
+                                               redis_server: RedisServer) -> None:
+    scheduler = build(lazy=False, broker_url=f"redis://127.0.0.1:{redis_server.port}/3")
+    elector = scheduler.elector
+    assert isinstance(elector, LeaseElector)
+    assert isinstance(elector.store, RedisLeaseStore)
+    assert elector.store.client.connection_pool.connection_kwargs["db"] == 3
+    assert "(default)" in scheduler.info
+    scheduler.tick()
+    assert scheduler.is_leader
+    scheduler.close()
+
+
+@pytest.mark.parametrize("broker", ["memory://", "amqp://guest:guest@127.0.0.1:5672//"])
+def test_default_elector_is_a_file_lock_otherwise_with_a_warning(
+        tmp_path: Path, lease_name: str, broker: str, caplog: pytest.LogCaptureFixture) -> None:
+    app = Celery(lease_name, set_as_current=False)
+    app.conf.broker_url = broker
+    scheduler = LeaderScheduler(app, schedule_filename=str(tmp_path / "schedule"))
+    elector = scheduler.elector
+    assert isinstance(elector, LeaseElector)
+    assert isinstance(elector.store, FileLeaseStore)
+    assert elector.store.path == default_file_path(lease_name)
+    with caplog.at_level(logging.WARNING):
+        scheduler.tick()
+        scheduler.tick()
+    warnings = [r for r in caplog.records if "only protects replicas on this one host" in
+                r.getMessage()]
+    assert len(warnings) == 1  # once, not every tick
+    assert scheduler.is_leader
+    scheduler.close()
+
+
+def test_explicit_electors_instances_and_callables(build: Callable[..., LeaderScheduler]) -> None:
+    standby = StaticElector(leader=False)
+    assert build(leaderbeat_elector=standby).elector is standby
+    assert build(leaderbeat_elector="static://leader").elector.is_leader()
+    wrapped = build(leaderbeat_elector=lambda: True).elector
+    assert wrapped.is_leader()
+    imported = build(leaderbeat_elector="celery_leaderbeat.elector:StaticElector").elector
+    assert isinstance(imported, StaticElector)
+
+
+def test_passwords_never_reach_the_banner_or_the_log(
+        build: Callable[..., LeaderScheduler], caplog: pytest.LogCaptureFixture) -> None:
+    url = f"redis://beat:s3cret-pw@127.0.0.1:{free_port()}/0"  # nothing listens there
+    scheduler = build(lazy=False, broker_url=url, leaderbeat_elector=url)
+    banner = scheduler.info
+    assert "s3cret-pw" not in banner
+    assert "127.0.0.1" in banner and "leaderbeat" in banner
+    with caplog.at_level(logging.DEBUG):
+        assert scheduler.tick() == scheduler.leader_settings.timing.retry_interval
+    assert "store unavailable" in caplog.text
+    assert "s3cret-pw" not in caplog.text
+    assert "s3cret-pw" not in repr(scheduler.elector)
+    scheduler.close()
