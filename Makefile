@@ -5,6 +5,14 @@ BIN := $(VENV)/bin
 # The subset of the tox matrix that CI runs (the full matrix: make test-all).
 CI_ENVS ?= lint,py311-celery57,py39-celery53
 
+# With pyenv, make every installed Python 3 visible to tox (it looks for python3.X
+# on PATH); the default interpreter stays first.
+PYENV_DEFAULT := $(shell pyenv version-name 2>/dev/null)
+PYENV_OTHERS := $(shell pyenv versions --bare 2>/dev/null | grep -E '^3\.[0-9]+\.[0-9]+$$' | grep -vx '$(PYENV_DEFAULT)' | paste -sd: -)
+ifneq ($(PYENV_OTHERS),)
+export PYENV_VERSION := $(PYENV_DEFAULT):$(PYENV_OTHERS)
+endif
+
 .PHONY: demo test test-all lint servers clean
 
 $(BIN)/python:
