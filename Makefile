@@ -5,15 +5,16 @@ BIN := $(VENV)/bin
 # The subset of the tox matrix that CI runs (the full matrix: make test-all).
 CI_ENVS ?= lint,py311-celery57,py39-celery53
 
-# With pyenv, make every installed Python 3 visible to tox (it looks for python3.X
-# on PATH); the default interpreter stays first.
+# With pyenv, put every installed Python 3 on PATH so tox finds python3.X
+# (pyenv's shims only answer for the active version); the default stays first.
+PYENV_ROOT_DIR := $(shell pyenv root 2>/dev/null)
 PYENV_DEFAULT := $(shell pyenv version-name 2>/dev/null)
-PYENV_OTHERS := $(shell pyenv versions --bare 2>/dev/null | grep -E '^3\.[0-9]+\.[0-9]+$$' | grep -vx '$(PYENV_DEFAULT)' | paste -sd: -)
-ifneq ($(PYENV_OTHERS),)
-export PYENV_VERSION := $(PYENV_DEFAULT):$(PYENV_OTHERS)
+PYENV_ALL := $(PYENV_DEFAULT) $(shell pyenv versions --bare 2>/dev/null | grep -E '^3\.[0-9]+\.[0-9]+$$' | grep -vx '$(PYENV_DEFAULT)')
+ifneq ($(PYENV_ROOT_DIR),)
+export PATH := $(subst $(eval) ,:,$(foreach v,$(PYENV_ALL),$(PYENV_ROOT_DIR)/versions/$(v)/bin)):$(PATH)
 endif
 
-.PHONY: demo test test-all lint servers clean
+.PHONY: demo test test-all lint servers clean tox
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,3 +44,8 @@ lint: $(BIN)/python
 
 clean:
 	rm -rf $(VENV) .tox build dist *.egg-info
+
+# Any tox call with this PATH, e.g. make tox ARGS="-e py39-celery53 -- -k redis"
+tox: $(BIN)/python
+	$(BIN)/pip install -q 'tox>=4'
+	$(BIN)/tox $(ARGS)
