@@ -16,6 +16,7 @@ that one run.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,6 +29,8 @@ from .backends import choose_elector
 from .elector import Elector, NotLeader
 from .history import RunRecord, apply_history, decode_history
 from .lease import FencedOut, LeadershipLost, LeaseElector, LeaseHeld, StoreUnavailable
+from .metrics import BeatMetrics
+from .registry import Heartbeat, registry_of
 from .settings import LeaderSettings
 from .stores.file import FileLeaseStore
 
@@ -68,7 +71,12 @@ class LeaderSchedulerMixin:
         self._observed: tuple[str | None, int] | None = None
         self._announced = False
         self._closed = False
+        registry = registry_of(self.elector)
+        self._heartbeat = None if registry is None else Heartbeat(
+            registry, self.leader_settings.identity, self.leader_settings.timing.renew_interval)
+        self.metrics: BeatMetrics | None = None
         super().__init__(app, *args, **kwargs)  # type: ignore[call-arg]
+        self.metrics = BeatMetrics.serve(self)
 
     # -- the tick ----------------------------------------------------------------
 
@@ -76,7 +84,10 @@ class LeaderSchedulerMixin:
         """Ask the elector, then dispatch as the base scheduler would, or stand by."""
         self._announce()
         retry = self.leader_settings.timing.retry_interval
-        if not self._ask_elector():
+        leading = self._ask_timed()
+        if self._beat_heart(leading):  # stepped down on request: a standby now
+            return retry
+        if not leading:
             return min(retry, self._shadow_tick(*args, **kwargs))
         try:
             if self._needs_takeover:
@@ -111,6 +122,25 @@ class LeaderSchedulerMixin:
             return self.leader_settings.timing.retry_interval
         finally:
             self._shadowing = False
+
+    def _ask_timed(self) -> bool:
+        """Ask the elector; tell the metrics how long it took when a renewal was due."""
+        if self.metrics is None or not self._leading or self._time_until_renewal() > 0:
+            return self._ask_elector()
+        started = time.monotonic()
+        try:
+            return self._ask_elector()
+        finally:
+            self.metrics.renewed(time.monotonic() - started)
+
+    def _beat_heart(self, leading: bool) -> bool:
+        """Heartbeat when due; on a step-down request, release with hold-off (True)."""
+        if self._heartbeat is None or not self._heartbeat.beat(leading, self.term):
+            return False
+        if isinstance(self.elector, LeaseElector):
+            self.elector.release("step-down requested")
+        self._stop_leading("step-down requested", cause=LeadershipLost.RELEASED)
+        return True
 
     def _ask_elector(self) -> bool:
         """One question, every tick. Exceptions are answers too: "not now"."""
@@ -261,9 +291,13 @@ class LeaderSchedulerMixin:
     def apply_async(self, entry: ScheduleEntry, producer: Any = None, advance: bool = True,
                     **kwargs: Any) -> Any:
         """Publish with the fencing token (lease, term, scheduled time) in the headers."""
+        due = _scheduled_at(entry) if self.metrics is not None else None
         with self._fencing_headers(entry):
-            return super().apply_async(  # type: ignore[misc]
+            result = super().apply_async(  # type: ignore[misc]
                 entry, producer=producer, advance=advance, **kwargs)
+        if self.metrics is not None:
+            self.metrics.dispatched(due)
+        return result
 
     @contextlib.contextmanager
     def _fencing_headers(self, entry: ScheduleEntry) -> Iterator[None]:
@@ -302,6 +336,8 @@ class LeaderSchedulerMixin:
         """Release the lease first, so a standby takes over at once; then close."""
         if not self._closed:
             self._closed = True
+            if self._heartbeat is not None:
+                self._heartbeat.withdraw()
             for hook in ("release", "close"):
                 method = getattr(self.elector, hook, None)
                 if method is None:
@@ -312,6 +348,8 @@ class LeaderSchedulerMixin:
                     logger.warning("leaderbeat: elector %s() failed: %r", hook, exc)
             if self._leading:
                 self._stop_leading("released on shutdown", cause=LeadershipLost.RELEASED)
+            if self.metrics is not None:
+                self.metrics.close()
         super().close()  # type: ignore[misc]
 
     @property

@@ -100,6 +100,13 @@ SETTINGS = {
             "Worker side, for FencedTask: where the newest term seen is kept, shared by all "
             "workers. Unset: each worker process remembers on its own.",
         ),
+        Setting(
+            "leaderbeat_metrics_port",
+            None,
+            "a port number (1-65535) or 'address:port'",
+            "Serve Prometheus metrics over HTTP on this port (all interfaces unless an "
+            "address is given). Needs celery-leaderbeat[metrics]. Unset: no metrics.",
+        ),
     )
 }
 
@@ -145,6 +152,7 @@ class LeaderSettings:
     redis_options: dict[str, Any] = field(default_factory=dict)
     catch_up: str = "once"
     broker_url: str | None = None
+    metrics_address: tuple[str, int] | None = None
 
     @classmethod
     def from_app(cls, app: Any, identity: Callable[[], str] | None = None) -> LeaderSettings:
@@ -182,7 +190,18 @@ class LeaderSettings:
             redis_options=dict(redis_options),
             catch_up=catch_up,
             broker_url=_first_broker_url(getattr(conf, "broker_url", None)),
+            metrics_address=_metrics_address(conf.get("leaderbeat_metrics_port")),
         )
+
+
+def _metrics_address(value: Any) -> tuple[str, int] | None:
+    """``9808``, ``"9808"`` or ``"127.0.0.1:9808"`` -> (address, port); "" is every interface."""
+    if value is None or value == "":
+        return None
+    address, _, port = str(value).rpartition(":")
+    if isinstance(value, bool) or not port.isdigit() or not 0 < int(port) < 65536:
+        improperly_configured("leaderbeat_metrics_port", f"got {value!r}")
+    return address.strip("[]"), int(port)
 
 
 def _first_broker_url(value: Any) -> str | None:

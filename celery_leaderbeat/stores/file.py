@@ -8,19 +8,25 @@ host (one kernel) are protected; never put the path on NFS.
 
 ``<path>.json`` holds the term counter, the current holder (for status) and
 the run history. Only the lock holder writes it, always by atomic rename.
+The replica registry lives beside it: ``<path>.replicas/`` holds one
+heartbeat file per replica, ``<path>.step-down`` the term asked to let go.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import quote
 
 from ..lease import Acquisition, LeaseRecord, StoreUnavailable
+from ..registry import ReplicaRecord, StepDownRequest, sort_replicas
 
 __all__ = ["FileLeaseStore"]
 
@@ -35,6 +41,8 @@ class FileLeaseStore:
     def __init__(self, path: str) -> None:
         self.path = path
         self.state_path = path + ".json"
+        self.replicas_dir = path + ".replicas"
+        self.step_down_path = path + ".step-down"
         self.description = f"file://{path}"
         self._fd: int | None = None
         self._owner: str | None = None
@@ -53,14 +61,7 @@ class FileLeaseStore:
         return state
 
     def _write_state(self, state: dict[str, Any]) -> None:
-        directory = os.path.dirname(self.state_path)
-        try:
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".leaderbeat-")
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(state, fh)
-            os.replace(tmp, self.state_path)
-        except OSError as exc:
-            raise StoreUnavailable(f"cannot write {self.state_path}: {exc}") from exc
+        _replace(self.state_path, state)
 
     def _ours(self, owner: str, term: int) -> bool:
         return self._fd is not None and self._owner == owner and self._term == term
@@ -179,11 +180,90 @@ class FileLeaseStore:
         history: dict[str, str] = self._read_state().get("history", {})
         return history
 
+    # -- replica registry (celery_leaderbeat.registry.ReplicaRegistry) ----------
+
+    def _replica_path(self, identity: str) -> str:
+        return os.path.join(self.replicas_dir, quote(identity, safe="") + ".json")
+
+    def heartbeat(self, record: ReplicaRecord, ttl: float) -> bool:
+        now = time.time()
+        try:
+            os.makedirs(self.replicas_dir, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot create {self.replicas_dir}: {exc}") from exc
+        self._live_replicas(now)  # drops the files of replicas gone silent
+        beat = {"record": record.encode(), "beat_at": now, "expires_at": now + ttl}
+        _replace(self._replica_path(record.identity), beat)
+        if record.term is None:
+            return False
+        try:
+            with open(self.step_down_path, encoding="utf-8") as fh:
+                if fh.read().strip() != str(record.term):
+                    return False
+            os.unlink(self.step_down_path)  # only one unlink succeeds: seen once
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot read {self.step_down_path}: {exc}") from exc
+        return True
+
+    def _live_replicas(self, now: float) -> list[ReplicaRecord]:
+        try:
+            names = os.listdir(self.replicas_dir)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot list {self.replicas_dir}: {exc}") from exc
+        live = []
+        for name in names:
+            path = os.path.join(self.replicas_dir, name)
+            if not name.endswith(".json"):
+                continue
+            try:
+                with open(path, encoding="utf-8") as fh:
+                    beat = json.load(fh)
+                record = ReplicaRecord.decode(beat["record"])
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError, KeyError, TypeError):
+                beat = {"expires_at": 0}  # unreadable: treat as gone
+            if beat["expires_at"] <= now:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                continue
+            live.append(record.seen(now - beat["beat_at"], beat["expires_at"] - now))
+        return live
+
+    def replicas(self) -> list[ReplicaRecord]:
+        return sort_replicas(self._live_replicas(time.time()))
+
+    def withdraw(self, identity: str) -> None:
+        with contextlib.suppress(OSError):  # else the record expires on its own
+            os.unlink(self._replica_path(identity))
+
+    def request_step_down(self) -> StepDownRequest | None:
+        lease = self.read()
+        if lease is None:
+            return None
+        _replace(self.step_down_path, lease.term)
+        return StepDownRequest(lease.holder, lease.term)
+
     def close(self) -> None:
         self._unlock()
 
     def __repr__(self) -> str:
         return f"FileLeaseStore({self.path!r})"
+
+
+def _replace(path: str, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` by atomic rename: readers see old or new, never half."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".leaderbeat-")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise StoreUnavailable(f"cannot write {path}: {exc}") from exc
 
 
 def _parse(value: str | None) -> datetime | None:

@@ -7,6 +7,9 @@ Keys, all in one Redis Cluster slot thanks to the ``{name}`` hash tag:
 - ``leaderbeat:{name}:meta``: hash (term, transitions, last_identity) with no
   expiry, so terms keep increasing after a lease expires.
 - ``leaderbeat:{name}:history``: hash entry name -> encoded run record.
+- ``leaderbeat:{name}:replicas`` (hash identity -> heartbeat) and
+  ``...:replicas:expiry`` (sorted set identity -> expiry, ms on the Redis
+  clock): the replica registry. ``...:step_down``: the term asked to let go.
 
 Every mutation checks owner token and term inside one script. Limits: a
 Redis that loses data (restart without persistence, failover to a replica
@@ -18,6 +21,7 @@ once a second on average since the counter was first seeded.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -28,6 +32,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..lease import Acquisition, LeaseRecord, StoreUnavailable
+from ..registry import STEP_DOWN_TTL, ReplicaRecord, StepDownRequest, sort_replicas
 
 __all__ = ["RedisLeaseStore"]
 
@@ -108,6 +113,52 @@ end
 return 1
 """
 
+# KEYS: replicas, expiry, step_down. ARGV: identity, record (JSON), ttl_ms, term or ''.
+# Drops expired records, writes this one as "<now_ms> <json>". Returns 1 if a
+# step-down was requested for ARGV[4] (and clears the request), else 0.
+HEARTBEAT = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+if #gone > 0 then
+  redis.call('HDEL', KEYS[1], unpack(gone))
+  redis.call('ZREM', KEYS[2], unpack(gone))
+end
+redis.call('HSET', KEYS[1], ARGV[1], string.format('%d', now) .. ' ' .. ARGV[2])
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
+if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) == ARGV[4] then
+  redis.call('DEL', KEYS[3])
+  return 1
+end
+return 0
+"""
+
+# KEYS: replicas, expiry. Returns {now_ms, then identity, expiry_ms, heartbeat per live replica}.
+REPLICAS = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local out = {string.format('%d', now)}
+local live = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. now, '+inf', 'WITHSCORES')
+for i = 1, #live, 2 do
+  local beat = redis.call('HGET', KEYS[1], live[i])
+  if beat then
+    out[#out + 1] = live[i]
+    out[#out + 1] = live[i + 1]
+    out[#out + 1] = beat
+  end
+end
+return out
+"""
+
+# KEYS: lease, step_down. ARGV: request ttl_ms. Returns {identity, term} of the
+# holder asked to step down, or nil when nobody holds the lease.
+STEP_DOWN = """
+local held = redis.call('HMGET', KEYS[1], 'identity', 'term')
+if not held[2] then return nil end
+redis.call('SET', KEYS[2], held[2], 'PX', ARGV[1])
+return held
+"""
+
 
 def _stamp(raw: bytes | None) -> datetime | None:
     if not raw:
@@ -135,6 +186,11 @@ class RedisLeaseStore:
         self._release = client.register_script(RELEASE)
         self._claim = client.register_script(CLAIM)
         self._forget = client.register_script(FORGET)
+        # The replica registry (celery_leaderbeat.registry).
+        self.replicas_key, self.expiry_key, self.step_down_key = (
+            f"{prefix}:replicas", f"{prefix}:replicas:expiry", f"{prefix}:step_down")
+        self._heartbeat, self._replicas, self._step_down = (
+            client.register_script(script) for script in (HEARTBEAT, REPLICAS, STEP_DOWN))
 
     @classmethod
     def from_url(cls, url: str, name: str, options: Mapping[str, Any] | None = None
@@ -202,6 +258,39 @@ class RedisLeaseStore:
             expires_in=pttl / 1000.0 if pttl and pttl > 0 else None,
             transitions=int(transitions or 0),
         )
+
+    # -- replica registry (celery_leaderbeat.registry.ReplicaRegistry) ----------
+
+    def heartbeat(self, record: ReplicaRecord, ttl: float) -> bool:
+        keys = [self.replicas_key, self.expiry_key, self.step_down_key]
+        term = "" if record.term is None else str(record.term)
+        args = [record.identity, json.dumps(record.encode()), _ms(ttl), term]
+        return bool(self._call(self._heartbeat, keys, args))
+
+    def replicas(self) -> list[ReplicaRecord]:
+        now, *rows = self._call(self._replicas, [self.replicas_key, self.expiry_key], [])
+        found = []
+        for i in range(0, len(rows), 3):
+            expiry, beat = float(rows[i + 1]), _text(rows[i + 2]) or ""
+            stamp, _, data = beat.partition(" ")
+            record = ReplicaRecord.decode(json.loads(data))
+            found.append(record.seen((int(now) - int(stamp)) / 1000.0,
+                                     (expiry - int(now)) / 1000.0))
+        return sort_replicas(found)
+
+    def withdraw(self, identity: str) -> None:
+        try:
+            with self.client.pipeline(transaction=True) as pipe:
+                pipe.hdel(self.replicas_key, identity)
+                pipe.zrem(self.expiry_key, identity)
+                pipe.execute()
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    def request_step_down(self) -> StepDownRequest | None:
+        held = self._call(self._step_down, [self.lease_key, self.step_down_key],
+                          [_ms(STEP_DOWN_TTL)])
+        return StepDownRequest(_text(held[0]), int(held[1])) if held else None
 
     def close(self) -> None:
         self.client.close()

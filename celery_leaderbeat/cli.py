@@ -1,0 +1,255 @@
+"""``celery -A proj leaderbeat status|step-down|health``: see and steer the replicas.
+
+Registered as a Celery sub-command through the ``celery.commands`` entry
+point. Every command reads the app's ``leaderbeat_*`` settings and opens the
+same store the replicas use; none of them joins the election.
+
+Exit codes: 0 fine; 1 no live leader, the store cannot be read, or a
+step-down did not move leadership; 3 the configured elector keeps no lease
+in a store (static, callable or custom electors), so there is nothing to
+answer with.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from typing import Any, NoReturn
+
+import click
+from celery.bin.base import CeleryCommand
+from celery.exceptions import ImproperlyConfigured
+
+from .backends import choose_elector
+from .lease import LeaseElector, LeaseRecord, LeaseStore, StoreUnavailable
+from .registry import LEADER, ReplicaRecord, ReplicaRegistry
+from .settings import LeaderSettings
+from .testing import wait_for
+
+__all__ = ["EXIT_NO_STORE", "EXIT_OK", "EXIT_UNHEALTHY", "SCHEMA_VERSION", "leaderbeat",
+           "snapshot"]
+
+EXIT_OK = 0
+EXIT_UNHEALTHY = 1
+EXIT_NO_STORE = 3
+
+#: Version of the ``status --json`` document; it grows only by new keys.
+SCHEMA_VERSION = 1
+
+
+class NoStore(Exception):
+    """The configured elector cannot answer: it keeps no lease in a store."""
+
+
+def open_store(app: Any) -> tuple[LeaderSettings, LeaseStore]:
+    """The store the replicas of ``app`` use, chosen exactly as they choose it."""
+    try:
+        settings = LeaderSettings.from_app(app)
+        elector = choose_elector(settings).elector
+    except ImproperlyConfigured as exc:
+        raise NoStore(f"leaderbeat is not configured correctly: {exc}") from exc
+    if not isinstance(elector, LeaseElector):
+        raise NoStore(
+            f"the configured elector {elector!r} keeps no lease in a store, so it cannot "
+            "tell who leads; status, step-down and health need a store elector "
+            "(redis://, file://, a SQL URL or django://)")
+    return settings, elector.store
+
+
+def snapshot(settings: LeaderSettings, store: LeaseStore) -> dict[str, Any]:
+    """The ``status --json`` document: lease, live replicas and the health verdict."""
+    doc: dict[str, Any] = {
+        "schema": SCHEMA_VERSION,
+        "lease_name": settings.lease_name,
+        "store": store.description,
+        "timing": {
+            "ttl": settings.timing.ttl,
+            "renew_interval": settings.timing.renew_interval,
+            "retry_interval": settings.timing.retry_interval,
+        },
+        "lease": None,
+        "replicas": None,
+        "healthy": False,
+        "reason": "",
+    }
+    try:
+        lease = store.read()
+        replicas = store.replicas() if isinstance(store, ReplicaRegistry) else None
+    except StoreUnavailable as exc:
+        doc["reason"] = f"cannot read the store {store.description}: {exc}"
+        return doc
+    doc["lease"] = None if lease is None else _lease_doc(lease)
+    doc["replicas"] = None if replicas is None else [r.encode() for r in replicas]
+    doc["healthy"], doc["reason"] = judge(settings, store, lease, replicas)
+    return doc
+
+
+def judge(settings: LeaderSettings, store: LeaseStore, lease: LeaseRecord | None,
+          replicas: list[ReplicaRecord] | None) -> tuple[bool, str]:
+    """Is there a live leader with a fresh lease? And one line saying why (not)."""
+    name = settings.lease_name
+    if lease is None or lease.holder is None:
+        return False, f"no leader: nobody holds the lease {name!r} in {store.description}"
+    who = f"{lease.holder} (term {lease.term})"
+    if lease.expires_in is not None and lease.expires_in <= 0:
+        return False, f"the lease of {who} has expired"
+    standbys = ""
+    if replicas is not None:
+        # Without a heartbeat the holder may be frozen: the file store's kernel
+        # lock, for one, outlives a paused process.
+        if not any(r.identity == lease.holder and r.role == LEADER for r in replicas):
+            return False, f"{who} holds the lease but sends no heartbeat as leader"
+        live = sum(1 for r in replicas if r.role != LEADER)
+        standbys = f", {live} standby{'' if live == 1 else 's'} live"
+    fresh = "" if lease.expires_in is None else f", expires in {lease.expires_in:.1f} s"
+    return True, f"leader {who}{fresh}{standbys}"
+
+
+def _lease_doc(lease: LeaseRecord) -> dict[str, Any]:
+    return {
+        "holder": lease.holder,
+        "term": lease.term,
+        "acquired_at": _iso(lease.acquired_at),
+        "renewed_at": _iso(lease.renewed_at),
+        "expires_in": None if lease.expires_in is None else round(lease.expires_in, 3),
+        "transitions": lease.transitions,
+    }
+
+
+def _iso(stamp: datetime | None) -> str | None:
+    return stamp.isoformat() if stamp else None
+
+
+# -- the commands ------------------------------------------------------------------
+
+
+@click.group(name="leaderbeat")
+def leaderbeat() -> None:
+    """See who leads the beat replicas of this app, move leadership, probe health."""
+
+
+def _store_or_exit(ctx: click.Context) -> tuple[LeaderSettings, LeaseStore]:
+    try:
+        return open_store(ctx.obj.app)
+    except NoStore as exc:
+        _fail(str(exc), EXIT_NO_STORE)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(message, err=True)
+    raise click.exceptions.Exit(code)
+
+
+@leaderbeat.command(cls=CeleryCommand)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document, for machines.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """The lease and the live replicas. Exit 1 without a live leader."""
+    settings, store = _store_or_exit(ctx)
+    try:
+        doc = snapshot(settings, store)
+    finally:
+        store.close()
+    click.echo(json.dumps(doc, indent=2) if as_json else render(doc))
+    ctx.exit(EXIT_OK if doc["healthy"] else EXIT_UNHEALTHY)
+
+
+def render(doc: dict[str, Any]) -> str:
+    """``status`` for people."""
+    now = datetime.now(timezone.utc)
+    lines = [f"lease {doc['lease_name']!r} in {doc['store']}"]
+    lease = doc["lease"]
+    if lease is None:
+        lines.append("  no holder")
+    else:
+        expires = "never (held while the process lives)" if lease["expires_in"] is None \
+            else f"{lease['expires_in']:.1f} s"
+        lines += [
+            f"  holder:       {lease['holder']} (term {lease['term']})",
+            f"  acquired at:  {_when(lease['acquired_at'], now)}",
+            f"  renewed at:   {_when(lease['renewed_at'], now)}",
+            f"  expires in:   {expires}",
+            f"  transitions:  {lease['transitions']}",
+        ]
+    replicas = doc["replicas"]
+    if replicas is None:
+        lines.append("replicas: this store keeps no replica registry")
+    else:
+        lines.append(f"replicas: {len(replicas)} live")
+        width = max([len(r["identity"]) for r in replicas] + [8])
+        terms = [f"term {r['term']}" if r["term"] is not None else "" for r in replicas]
+        term_width = max(len(t) for t in [*terms, ""])
+        for r, term in zip(replicas, terms):
+            lines.append(
+                f"  {r['identity']:<{width}}  {r['role']:<7}  {term:<{term_width}}  heartbeat "
+                f"{r['heartbeat_age']:.1f} s ago  pid {r['pid']} on {r['host']}, "
+                f"leaderbeat {r['version']}, celery {r['celery_version']}")
+    lines.append(f"health: {'ok' if doc['healthy'] else 'FAILING'}: {doc['reason']}")
+    return "\n".join(lines)
+
+
+def _when(stamp: str | None, now: datetime) -> str:
+    if not stamp:
+        return "unknown"
+    age = (now - datetime.fromisoformat(stamp)).total_seconds()
+    return f"{stamp} ({age:.1f} s ago)"
+
+
+@leaderbeat.command(cls=CeleryCommand)
+@click.pass_context
+def health(ctx: click.Context) -> None:
+    """Exit 0 when a live leader holds a fresh lease, else non-zero; one line why."""
+    settings, store = _store_or_exit(ctx)
+    try:
+        doc = snapshot(settings, store)
+    finally:
+        store.close()
+    if not doc["healthy"]:
+        _fail(f"unhealthy: {doc['reason']}", EXIT_UNHEALTHY)
+    click.echo(f"healthy: {doc['reason']}")
+
+
+@leaderbeat.command("step-down", cls=CeleryCommand)
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="Wait until another replica has taken the lease.")
+@click.option("--timeout", type=float, default=None,
+              help="Seconds to wait (default: lease TTL + renew + retry interval).")
+@click.pass_context
+def step_down(ctx: click.Context, wait: bool, timeout: float | None) -> None:
+    """Ask the leader to release at its next heartbeat, so a standby takes over."""
+    settings, store = _store_or_exit(ctx)
+    try:
+        if not isinstance(store, ReplicaRegistry):
+            _fail(f"the store {store.description} keeps no replica registry, so it cannot "
+                  "carry a step-down request", EXIT_NO_STORE)
+        try:
+            asked = store.request_step_down()
+        except StoreUnavailable as exc:
+            _fail(f"cannot reach the store {store.description}: {exc}", EXIT_UNHEALTHY)
+        if asked is None:
+            _fail(f"no leader holds the lease {settings.lease_name!r}: nothing to step down",
+                  EXIT_UNHEALTHY)
+        click.echo(f"asked {asked.holder} (term {asked.term}) to step down")
+        if not wait:
+            return
+        t = settings.timing
+        limit = timeout if timeout is not None else t.ttl + t.renew_interval + t.retry_interval
+        started = time.monotonic()
+
+        def moved() -> LeaseRecord | None:
+            lease = store.read()
+            return lease if lease is not None and lease.term != asked.term else None
+
+        try:
+            now_held = wait_for(moved, limit, interval=0.05)
+        except TimeoutError:
+            _fail(f"leadership did not move within {limit:.1f} s", EXIT_UNHEALTHY)
+        took = time.monotonic() - started
+        assert now_held is not None
+        if now_held.holder == asked.holder:
+            _fail(f"{asked.holder} took the lease back (term {now_held.term}) after {took:.1f} s:"
+                  " no other replica took over", EXIT_UNHEALTHY)
+        click.echo(f"{now_held.holder} leads now (term {now_held.term}), after {took:.1f} s")
+    finally:
+        store.close()
