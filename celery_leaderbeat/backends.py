@@ -59,24 +59,24 @@ def _file_store(url: str, settings: LeaderSettings) -> LeaseStore:
     return FileLeaseStore(path)
 
 
-def _sql_store(url: str, settings: LeaderSettings) -> LeaseStore:
-    try:
-        module = importlib.import_module("celery_leaderbeat.stores.sql")
-    except ImportError as exc:
-        improperly_configured(KEY, f"{url.split(':')[0]}:// needs SQLAlchemy ({exc}); "
-                              "install celery-leaderbeat[sql]")
-    store: LeaseStore = module.SqlLeaseStore.from_url(url, settings)
-    return store
+def _imported_store(module: str, extra: str) -> StoreFactory:
+    """A factory for a store whose module needs an optional extra installed."""
+    qualified, _, class_name = module.rpartition(":")
+
+    def build(url: str, settings: LeaderSettings) -> LeaseStore:
+        try:
+            store_class = getattr(importlib.import_module(qualified), class_name)
+        except ImportError as exc:
+            improperly_configured(KEY, f"{url.split(':')[0]}:// needs an optional dependency "
+                                       f"({exc}); install celery-leaderbeat[{extra}]")
+        store: LeaseStore = store_class.from_url(url, settings)
+        return store
+
+    return build
 
 
-def _django_store(url: str, settings: LeaderSettings) -> LeaseStore:
-    try:
-        module = importlib.import_module("celery_leaderbeat.django.store")
-    except ImportError as exc:
-        improperly_configured(KEY, f"django:// needs Django ({exc}); "
-                              "install celery-leaderbeat[django]")
-    store: LeaseStore = module.DjangoLeaseStore.from_url(url, settings)
-    return store
+_sql_store = _imported_store("celery_leaderbeat.stores.sql:SqlLeaseStore", "sql")
+_django_store = _imported_store("celery_leaderbeat.django.store:DjangoLeaseStore", "django")
 
 
 #: URL scheme -> the store it builds. Every store here gives fenced dispatch
