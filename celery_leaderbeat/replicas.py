@@ -281,15 +281,25 @@ def first_publish_by_another(publishes: Iterable[Publish], since: float,
 # -- one replica -------------------------------------------------------------------
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL me when the thread that started me dies (Linux)."""
+def _death_signal_setter() -> Callable[[], None] | None:
+    """A function for the child to run before exec: SIGKILL me when my parent thread dies.
+
+    Linux only (``prctl(PR_SET_PDEATHSIG)``). libc is loaded here, in the
+    parent, so the child runs no Python import between fork and exec.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
     try:
         import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:  # not Linux: close() and atexit still clean up
-        pass
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+    def set_death_signal() -> None:
+        prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+    return set_death_signal
 
 
 class Replica:
@@ -338,7 +348,7 @@ class Replica:
         self.process = subprocess.Popen(
             self.argv, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL,
             stdout=self._log, stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            preexec_fn=_death_signal_setter(),
         )
         self.pids.append(self.process.pid)
         self._stopped_on_purpose = False
@@ -433,10 +443,12 @@ class BeatCluster:
     """K beat replicas of one app against one broker, and a recorder on its queue.
 
     ``elector`` unset leaves the choice to the scheduler's defaults (the
-    broker's Redis, or a file lock). ``lease_name`` and ``queue`` default to
-    fresh unique names, so clusters sharing a broker never see each other.
-    ``app`` is the ``-A`` argument; unset, a module calling
-    :func:`replica_app` is generated into the cluster's directory.
+    broker's Redis, or a file lock); ``replica_conf(index)`` adds the settings
+    of one replica (index from 1), such as its own route to the store.
+    ``lease_name`` and ``queue`` default to fresh unique names, so clusters
+    sharing a broker never see each other. ``app`` is the ``-A`` argument;
+    unset, a module calling :func:`replica_app` is generated into the
+    cluster's directory.
     """
 
     def __init__(
@@ -452,6 +464,7 @@ class BeatCluster:
         queue: str | None = None,
         transport_options: Mapping[str, Any] | None = None,
         conf: Mapping[str, Any] | None = None,
+        replica_conf: Callable[[int], Mapping[str, Any]] | None = None,
         app: str | None = None,
         pythonpath: Sequence[str] = (),
         directory: str | None = None,
@@ -500,8 +513,9 @@ class BeatCluster:
             identity = f"replica-{index}"
             argv = [sys.executable, "-m", "celery", "-A", app, "beat", "-S", scheduler,
                     "-s", os.path.join(self.directory, f"{identity}-schedule"), "-l", loglevel]
-            env = {**base_env,
-                   CONF_ENV: json.dumps({**shared_conf, "leaderbeat_identity": identity})}
+            own_conf = replica_conf(index) if replica_conf else {}
+            env = {**base_env, CONF_ENV: json.dumps(
+                {**shared_conf, **own_conf, "leaderbeat_identity": identity})}
             log_path = os.path.join(self.directory, f"{identity}.log")
             self.replicas.append(Replica(index, identity, argv, env, self.directory, log_path))
         _live_clusters.add(self)
