@@ -18,7 +18,8 @@ from typing import Any, Callable
 
 import pytest
 from celery import Celery
-from kombu import Exchange, Message, Queue
+from kombu.entity import Exchange, Queue
+from kombu.message import Message
 
 from celery_leaderbeat import LeaderScheduler
 from celery_leaderbeat.testing import RedisServer, wait_for
@@ -90,7 +91,7 @@ class QueueTap:
 
     def __init__(self, app: Celery, name: str) -> None:
         self.connection = app.connection_for_read()
-        queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
+        queue = Queue(name, Exchange(name, type="direct"), routing_key=name)  # type: ignore[no-untyped-call]
         self.queue = self.connection.SimpleQueue(queue)
         self.received: list[Message] = []
 
@@ -124,11 +125,24 @@ class QueueTap:
 
 
 @pytest.fixture
-def tap(make_app: Callable[..., Celery], lease_name: str) -> Iterator[QueueTap]:
+def make_tap() -> Iterator[Callable[[Celery, str], QueueTap]]:
+    """Consumers of named queues on an app's broker, closed at the end of the test."""
+    made: list[QueueTap] = []
+
+    def make(app: Celery, queue: str) -> QueueTap:
+        made.append(QueueTap(app, queue))
+        return made[-1]
+
+    yield make
+    for queue_tap in made:
+        queue_tap.close()
+
+
+@pytest.fixture
+def tap(make_app: Callable[..., Celery], make_tap: Callable[[Celery, str], QueueTap],
+        lease_name: str) -> QueueTap:
     """A consumer of the test's queue, declared before anything is published to it."""
-    queue_tap = QueueTap(make_app(), lease_name)
-    yield queue_tap
-    queue_tap.close()
+    return make_tap(make_app(), lease_name)
 
 
 def tick_until(

@@ -86,10 +86,10 @@ def test_term_increases_with_every_acquisition_and_survives_expiry(
     short = LeaseTiming(ttl=0.3, renew_interval=0.1, retry_interval=0.05)
     a = elector_on(redis_server.url, lease_name, "a", short)
     b = elector_on(redis_server.url, lease_name, "b", short)
-    terms = []
+    terms: list[int] = []
     for candidate in (a, b, a):
         wait_for(lambda c=candidate: leads(c), timeout=5)  # type: ignore[misc]
-        terms.append(candidate.term)
+        terms.append(candidate.term or 0)
         # Leave the lease to expire in Redis: the key goes, the term counter stays.
         wait_for(lambda: a.store.read() is None, timeout=5)
         assert not leads(candidate)

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import pytest
 from celery import Celery, current_app
 from celery.schedules import crontab
-from kombu import Message
+from kombu.message import Message
 
 from celery_leaderbeat import LeaderScheduler, LeaseElector, LeaseTiming, NotLeader, signals
 from celery_leaderbeat.history import RunRecord
