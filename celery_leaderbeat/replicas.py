@@ -47,7 +47,7 @@ from kombu.utils.url import maybe_sanitize_url
 
 from .lease import LeaseElector, LeaseStore, LeaseTiming
 from .scheduler import SCHEDULED_AT_HEADER, TERM_HEADER
-from .testing import wait_for
+from .testing import death_signal_setter, wait_for
 
 __all__ = [
     "DEFAULT_SCHEDULE",
@@ -281,27 +281,6 @@ def first_publish_by_another(publishes: Iterable[Publish], since: float,
 # -- one replica -------------------------------------------------------------------
 
 
-def _death_signal_setter() -> Callable[[], None] | None:
-    """A function for the child to run before exec: SIGKILL me when my parent thread dies.
-
-    Linux only (``prctl(PR_SET_PDEATHSIG)``). libc is loaded here, in the
-    parent, so the child runs no Python import between fork and exec.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-    def set_death_signal() -> None:
-        prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-
-    return set_death_signal
-
-
 class Replica:
     """One ``celery beat`` subprocess, with its own identity, schedule file and log.
 
@@ -348,7 +327,7 @@ class Replica:
         self.process = subprocess.Popen(
             self.argv, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL,
             stdout=self._log, stderr=subprocess.STDOUT,
-            preexec_fn=_death_signal_setter(),
+            preexec_fn=death_signal_setter(),
         )
         self.pids.append(self.process.pid)
         self._stopped_on_purpose = False

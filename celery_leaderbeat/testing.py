@@ -15,12 +15,13 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any, Callable, TypeVar
 
-__all__ = ["RedisServer", "free_port", "wait_for"]
+__all__ = ["RedisServer", "death_signal_setter", "free_port", "wait_for"]
 
 T = TypeVar("T")
 
@@ -55,6 +56,27 @@ def wait_for(
         time.sleep(interval)
 
 
+def death_signal_setter() -> Callable[[], None] | None:
+    """A function for the child to run before exec: SIGKILL me when my parent thread dies.
+
+    Linux only (``prctl(PR_SET_PDEATHSIG)``). libc is loaded here, in the
+    parent, so the child runs no Python import between fork and exec.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+    def set_death_signal() -> None:
+        prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+    return set_death_signal
+
+
 class RedisServer:
     """A private, throw-away ``redis-server`` (no persistence) on a free port."""
 
@@ -78,6 +100,7 @@ class RedisServer:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=death_signal_setter(),  # never outlive a killed test run
         )
         wait_for(self.ping, timeout, message=f"redis-server on port {self.port} answering")
         return self
