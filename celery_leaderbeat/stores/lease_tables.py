@@ -1,0 +1,250 @@
+"""A lease and its run history as rows of two SQL tables: the statements every SQL store runs.
+
+The SQLAlchemy store (:mod:`.sql`) and the Django store differ only in how
+they connect; what they say to the database lives here, once.
+
+- The lease table has one row per lease name. The row is created once and
+  never deleted, so every change of the lease is an UPDATE of that row and
+  racing replicas never race on an INSERT.
+- The run table holds one row per (lease name, schedule entry): the encoded
+  run record.
+
+Clock: every time is epoch seconds read from the database's own clock
+(``{now}`` below) in the same statement that compares or stores it, so the
+replicas' clocks never judge expiry.
+
+Atomicity:
+
+- acquire, renew and release are each one UPDATE whose WHERE clause is the
+  whole condition. The row lock serializes racing replicas, and the loser's
+  condition is judged against the winner's committed row (PostgreSQL
+  re-checks the updated row, InnoDB updates read the latest committed
+  version, SQLite admits one writer at a time). So two replicas can never
+  both hold the lease.
+- claim and forget are one short transaction that starts with a fencing
+  UPDATE of the lease row (owner, term, not expired). It takes the row's
+  write lock (on SQLite the database's) before anything else is read, so no
+  takeover can commit between the check and the writes, and SQLite's
+  deferred BEGIN never has to upgrade a read lock (which could deadlock).
+- Nothing else holds a lock across a round trip, so a paused standby blocks
+  nobody.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+from ..lease import Acquisition, LeaseRecord, StoreUnavailable
+
+__all__ = ["DIALECTS", "LeaseTableMissing", "LeaseTables", "SqlSession"]
+
+#: The database's clock, in epoch seconds, per dialect.
+DATABASE_NOW = {
+    "postgresql": "CAST(EXTRACT(EPOCH FROM statement_timestamp()) AS DOUBLE PRECISION)",
+    # UTC_TIMESTAMP is free of the session time zone; the difference is plain arithmetic.
+    "mysql": "(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(6)) * 0.000001)",
+    "sqlite": "((julianday('now') - 2440587.5) * 86400.0)",
+}
+
+DIALECTS = tuple(DATABASE_NOW)
+
+#: Insert the lease row unless it exists already, per dialect.
+CREATE_ROW = {
+    "postgresql": "INSERT INTO {lease} (name, term, transitions) VALUES (:name, 0, 0) "
+                  "ON CONFLICT (name) DO NOTHING",
+    "mysql": "INSERT IGNORE INTO {lease} (name, term, transitions) VALUES (:name, 0, 0)",
+    "sqlite": "INSERT OR IGNORE INTO {lease} (name, term, transitions) VALUES (:name, 0, 0)",
+}
+
+# Take the lease if it is free, expired or still ours. Every new acquisition
+# gets the next term (also ours after it expired); a lease still ours keeps
+# its term and is extended. MySQL assigns left to right and later expressions
+# see earlier assignments, so every CASE reading the old row comes before
+# ``owner`` and ``expires_at`` are assigned.
+STILL_OURS = "owner = :owner AND expires_at > {now}"
+ACQUIRE = f"""
+UPDATE {{lease}} SET
+  term = CASE WHEN {STILL_OURS} THEN term ELSE term + 1 END,
+  transitions = CASE WHEN ({STILL_OURS}) OR last_holder = :holder
+                THEN transitions ELSE transitions + 1 END,
+  acquired_at = CASE WHEN {STILL_OURS} THEN acquired_at ELSE {{now}} END,
+  owner = :owner, holder = :holder, last_holder = :holder,
+  renewed_at = {{now}}, expires_at = {{now}} + :ttl
+WHERE name = :name AND (owner = :owner OR owner IS NULL OR expires_at <= {{now}})
+"""
+
+HOLDER = "SELECT owner, holder, term FROM {lease} WHERE name = :name"
+
+# Our lease, not yet expired: the condition every fenced statement repeats.
+OURS = "name = :name AND term = :term AND " + STILL_OURS
+
+RENEW = "UPDATE {lease} SET renewed_at = {now}, expires_at = {now} + :ttl WHERE " + OURS
+
+# Term, transitions and last holder stay: terms keep increasing after a release.
+RELEASE = """
+UPDATE {lease} SET owner = NULL, holder = NULL, expires_at = NULL
+WHERE name = :name AND owner = :owner AND term = :term
+"""
+
+# A write that changes nothing, to lock our row for the rest of the transaction.
+FENCE = "UPDATE {lease} SET term = term WHERE " + OURS
+
+READ = """
+SELECT holder, term, acquired_at, renewed_at, expires_at - {now}, transitions
+FROM {lease} WHERE name = :name AND owner IS NOT NULL AND expires_at > {now}
+"""
+
+HISTORY = "SELECT entry_name, record FROM {runs} WHERE lease_name = :name"
+
+_PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
+class LeaseTableMissing(StoreUnavailable):
+    """The lease tables do not exist; the message says what to run."""
+
+
+class SqlSession(Protocol):
+    """One connection, as a store lends it to the statements here."""
+
+    def execute(self, sql: str, params: Sequence[Any]) -> int:
+        """Run one statement; return the number of rows it matched."""
+        ...  # pragma: no cover
+
+    def query(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Run one SELECT; return its rows."""
+        ...  # pragma: no cover
+
+
+@functools.lru_cache(maxsize=64)
+def _positional(sql: str, style: str) -> tuple[str, tuple[str, ...]]:
+    """``:name`` placeholders -> the driver's positional style, and the names in order."""
+    names: list[str] = []
+
+    def mark(match: re.Match[str]) -> str:
+        names.append(match.group(1))
+        return "?" if style == "qmark" else "%s"
+
+    return _PARAM.sub(mark, sql), tuple(names)
+
+
+class LeaseTables:
+    """Lease store operations as SQL; subclasses supply the connection.
+
+    A subclass sets ``dialect`` (one of :data:`DIALECTS`), ``paramstyle``
+    (``format`` or ``qmark``) and implements :meth:`_session`, translating
+    driver errors into :class:`StoreUnavailable`.
+    """
+
+    dialect: str
+    paramstyle = "format"
+    description: str
+
+    def __init__(self, name: str, lease_table: str, run_table: str, quote: Any) -> None:
+        self.name = name
+        self.lease_table = lease_table
+        self.run_table = run_table
+        self._names = {"lease": quote(lease_table), "runs": quote(run_table)}
+
+    def _session(self, atomic: bool) -> contextlib.AbstractContextManager[SqlSession]:
+        """A connection in autocommit mode, or inside one transaction when ``atomic``."""
+        raise NotImplementedError
+
+    # -- statement plumbing ------------------------------------------------------
+
+    def _sql(self, template: str) -> str:
+        return template.format(now=DATABASE_NOW[self.dialect], **self._names)
+
+    def _bind(self, template: str, params: Mapping[str, Any]) -> tuple[str, list[Any]]:
+        sql, names = _positional(self._sql(template), self.paramstyle)
+        return sql, [params[name] for name in names]
+
+    def _execute(self, session: SqlSession, template: str, **params: Any) -> int:
+        return session.execute(*self._bind(template, params))
+
+    def _query(self, session: SqlSession, template: str, **params: Any) -> list[tuple[Any, ...]]:
+        return session.query(*self._bind(template, params))
+
+    # -- the lease ---------------------------------------------------------------
+
+    def acquire(self, owner: str, identity: str, ttl: float) -> Acquisition:
+        params = {"name": self.name, "owner": owner, "holder": identity, "ttl": float(ttl)}
+        with self._session(atomic=False) as session:
+            taken = self._execute(session, ACQUIRE, **params)
+            rows = self._query(session, HOLDER, name=self.name)
+            if not rows:  # first use of this lease name
+                self._execute(session, CREATE_ROW[self.dialect], name=self.name)
+                taken = self._execute(session, ACQUIRE, **params)
+                rows = self._query(session, HOLDER, name=self.name)
+        holder_owner, holder, term = rows[0]
+        # The row read after the UPDATE names its owner; only ours counts as taken.
+        acquired = bool(taken) and holder_owner == owner
+        return Acquisition(acquired, LeaseRecord(holder=holder, term=int(term)))
+
+    def renew(self, owner: str, term: int, ttl: float) -> bool:
+        with self._session(atomic=False) as session:
+            return self._execute(session, RENEW, name=self.name, owner=owner, term=term,
+                                 ttl=float(ttl)) == 1
+
+    def release(self, owner: str, term: int) -> bool:
+        with self._session(atomic=False) as session:
+            return self._execute(session, RELEASE, name=self.name, owner=owner, term=term) == 1
+
+    def read(self) -> LeaseRecord | None:
+        with self._session(atomic=False) as session:
+            rows = self._query(session, READ, name=self.name)
+        if not rows:
+            return None
+        holder, term, acquired_at, renewed_at, expires_in, transitions = rows[0]
+        return LeaseRecord(
+            holder=holder,
+            term=int(term),
+            acquired_at=_stamp(acquired_at),
+            renewed_at=_stamp(renewed_at),
+            expires_in=max(0.0, float(expires_in)),
+            transitions=int(transitions),
+        )
+
+    # -- run history -------------------------------------------------------------
+
+    def claim(self, owner: str, term: int, runs: Mapping[str, str]) -> bool:
+        return self._fenced(owner, term, list(runs), runs)
+
+    def forget(self, owner: str, term: int, names: Iterable[str]) -> bool:
+        return self._fenced(owner, term, list(names), {})
+
+    def _fenced(self, owner: str, term: int, drop: list[str], write: Mapping[str, str]) -> bool:
+        """In one transaction: lock our lease row, drop ``drop``, then insert ``write``."""
+        with self._session(atomic=True) as session:
+            if self._execute(session, FENCE, name=self.name, owner=owner, term=term) != 1:
+                return False
+            if drop:
+                marks = ", ".join(f":e{i}" for i in range(len(drop)))
+                self._execute(
+                    session,
+                    f"DELETE FROM {{runs}} WHERE lease_name = :name AND entry_name IN ({marks})",
+                    name=self.name, **{f"e{i}": entry for i, entry in enumerate(drop)})
+            if write:
+                rows = ", ".join(f"(:name, :e{i}, :r{i})" for i in range(len(write)))
+                params: dict[str, Any] = {"name": self.name}
+                for i, (entry, record) in enumerate(write.items()):
+                    params[f"e{i}"], params[f"r{i}"] = entry, record
+                self._execute(
+                    session,
+                    f"INSERT INTO {{runs}} (lease_name, entry_name, record) VALUES {rows}",
+                    **params)
+        return True
+
+    def load_history(self) -> dict[str, str]:
+        with self._session(atomic=False) as session:
+            rows = self._query(session, HISTORY, name=self.name)
+        return {str(entry): str(record) for entry, record in rows}
+
+
+def _stamp(value: Any) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(float(value), tz=timezone.utc)
+

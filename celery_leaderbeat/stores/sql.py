@@ -1,0 +1,210 @@
+"""Lease store in an SQL database through SQLAlchemy: PostgreSQL, MySQL/MariaDB, SQLite.
+
+For teams that run a database but no Redis. The statements, and the
+arguments why racing replicas can never both hold the lease, are in
+:mod:`.lease_tables`; this module connects, maps URLs to drivers and creates
+the two tables (``leaderbeat_sql_table`` and ``<that>_runs``) on first use.
+
+URLs: ``postgresql://`` and ``postgres://`` use psycopg 3, ``mysql://`` and
+``mariadb://`` use PyMySQL, ``sqlite:///relative.db`` or
+``sqlite:////absolute/path.db`` the standard library; an explicit
+``+driver`` is kept as given. SQLite is for replicas on one host without a
+server: every replica must open the same file.
+
+Short connect and lock timeouts are the default, so a tick never waits long
+on an unreachable or stuck database; ``leaderbeat_sql_engine_options``
+overrides them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from kombu.utils.url import maybe_sanitize_url
+from sqlalchemy import event, exc
+
+from ..lease import StoreUnavailable
+from ..settings import LeaderSettings, improperly_configured
+from .lease_tables import DIALECTS, LeaseTables, SqlSession
+
+__all__ = ["SqlLeaseStore", "engine_url", "lease_metadata"]
+
+logger = logging.getLogger("celery.beat.leaderbeat")
+
+#: Scheme as users write it -> SQLAlchemy's, with the driver we install.
+DRIVERS = {
+    "postgresql": "postgresql+psycopg",
+    "postgres": "postgresql+psycopg",
+    "mysql": "mysql+pymysql",
+    "mariadb": "mariadb+pymysql",
+    "sqlite": "sqlite",
+}
+
+#: SQLAlchemy dialect name -> the dialect of our statements.
+STATEMENT_DIALECTS = {"postgresql": "postgresql", "mysql": "mysql", "mariadb": "mysql",
+                      "sqlite": "sqlite"}
+
+
+def engine_url(url: str) -> str:
+    """Give driverless URLs the driver we install, so users need not know its name."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        improperly_configured("leaderbeat_elector", f"{maybe_sanitize_url(url)!r} is not a URL")
+    if "+" in scheme:
+        return url
+    driver = DRIVERS.get(scheme.lower())
+    if driver is None:
+        improperly_configured("leaderbeat_elector",
+                              f"no SQL driver for {scheme}://; use one of {', '.join(DRIVERS)}")
+    return f"{driver}://{rest}"
+
+
+def lease_metadata(lease_table: str, run_table: str) -> sa.MetaData:
+    """The two tables, as the statements in :mod:`.lease_tables` expect them."""
+    metadata = sa.MetaData()
+    sa.Table(
+        lease_table, metadata,
+        sa.Column("name", sa.String(191), primary_key=True),
+        sa.Column("owner", sa.String(255)),
+        sa.Column("holder", sa.String(255)),
+        sa.Column("term", sa.BigInteger, nullable=False, server_default="0"),
+        # Epoch seconds on the database's clock.
+        sa.Column("acquired_at", sa.Float(53)),
+        sa.Column("renewed_at", sa.Float(53)),
+        sa.Column("expires_at", sa.Float(53)),
+        sa.Column("transitions", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("last_holder", sa.String(255)),
+    )
+    sa.Table(
+        run_table, metadata,
+        sa.Column("lease_name", sa.String(191), primary_key=True),
+        sa.Column("entry_name", sa.String(255), primary_key=True),
+        sa.Column("record", sa.Text, nullable=False),
+    )
+    return metadata
+
+
+def _default_connect_args(dialect: str, ttl: float) -> dict[str, Any]:
+    """Fail fast: connect within 2 s, give up lock waits well inside one TTL."""
+    wait_ms = max(100, int(ttl * 500))
+    if dialect == "postgresql":
+        # A replica paused inside a transaction is cut off by the server after one
+        # TTL, so its row lock cannot hold the lease hostage.
+        return {"connect_timeout": 2, "options": (
+            f"-c lock_timeout={wait_ms} "
+            f"-c idle_in_transaction_session_timeout={max(1000, int(ttl * 1000))}")}
+    if dialect == "mysql":
+        return {"connect_timeout": 2, "read_timeout": max(1.0, ttl),
+                "write_timeout": max(1.0, ttl),
+                "init_command": "SET SESSION innodb_lock_wait_timeout = "
+                                f"{max(1, math.ceil(ttl / 2))}"}
+    return {"timeout": max(0.1, ttl / 2)}  # SQLite's busy timeout
+
+
+class _Connection:
+    """An SQLAlchemy connection lent to the statements (DB-API positional parameters)."""
+
+    def __init__(self, connection: sa.Connection) -> None:
+        self.connection = connection
+
+    def execute(self, sql: str, params: Sequence[Any]) -> int:
+        return int(self.connection.exec_driver_sql(sql, tuple(params)).rowcount)
+
+    def query(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        return [tuple(row) for row in self.connection.exec_driver_sql(sql, tuple(params))]
+
+
+class SqlLeaseStore(LeaseTables):
+    """A lease and its run history in two tables of one SQL database."""
+
+    def __init__(self, engine: sa.Engine, name: str, table: str = "leaderbeat_lease",
+                 *, description: str | None = None) -> None:
+        dialect = STATEMENT_DIALECTS.get(engine.dialect.name)
+        if dialect is None:
+            improperly_configured("leaderbeat_elector", (
+                f"the {engine.dialect.name} database is not supported; "
+                f"use PostgreSQL, MySQL/MariaDB or SQLite ({', '.join(DIALECTS)})"))
+        self.dialect = dialect
+        self.engine = engine
+        self.paramstyle = "qmark" if engine.dialect.paramstyle == "qmark" else "format"
+        preparer = engine.dialect.identifier_preparer
+        super().__init__(name, table, f"{table}_runs", preparer.quote)
+        self.metadata = lease_metadata(self.lease_table, self.run_table)
+        self.description = description or maybe_sanitize_url(str(engine.url))
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._tables_ready = False
+
+    @classmethod
+    def from_url(cls, url: str, settings: LeaderSettings) -> SqlLeaseStore:
+        """Build the store lazily: nothing connects until the first operation."""
+        target = engine_url(url)
+        options = dict(settings.sql_engine_options)
+        backend = target.split("://")[0].split("+")[0].lower()
+        dialect = STATEMENT_DIALECTS.get(backend, backend)
+        options["connect_args"] = {**_default_connect_args(dialect, settings.timing.ttl),
+                                   **options.get("connect_args", {})}
+        try:
+            engine = sa.create_engine(target, **options)
+        except ImportError as error:
+            improperly_configured("leaderbeat_elector", (
+                f"{url.split(':')[0]}:// needs its database driver ({error}); install "
+                "celery-leaderbeat[postgresql] or celery-leaderbeat[mysql]"))
+        except (exc.ArgumentError, TypeError, ValueError) as error:
+            improperly_configured("leaderbeat_elector",
+                                  f"cannot use {maybe_sanitize_url(url)!r}: {error}")
+        if engine.dialect.name == "sqlite":
+            event.listen(engine, "begin", _begin_immediate)
+        safe = maybe_sanitize_url(url)
+        return cls(engine, settings.lease_name, settings.sql_table,
+                   description=f"{safe} (table {settings.sql_table})")
+
+    @contextlib.contextmanager
+    def _session(self, atomic: bool) -> Iterator[SqlSession]:
+        try:
+            if not self._tables_ready:
+                self.create_tables()
+            if atomic:
+                with self.engine.begin() as connection:
+                    yield _Connection(connection)
+            else:
+                with self._autocommit.connect() as connection:
+                    yield _Connection(connection)
+        except exc.SQLAlchemyError as error:
+            # Maybe the tables went away: check again (cheaply, once) next time.
+            self._tables_ready = False
+            raise StoreUnavailable(_reason(error)) from error
+
+    def create_tables(self) -> None:
+        """Create the lease and run tables unless they exist (safe to race)."""
+        try:
+            self.metadata.create_all(self.engine, checkfirst=True)
+        except exc.DBAPIError:
+            # Another replica created them between our check and our CREATE.
+            inspector = sa.inspect(self.engine)
+            if not all(inspector.has_table(t) for t in (self.lease_table, self.run_table)):
+                raise
+        self._tables_ready = True
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __repr__(self) -> str:
+        return f"SqlLeaseStore({self.description}, name={self.name!r})"
+
+
+def _begin_immediate(connection: sa.Connection) -> None:
+    """SQLite: take the write lock when a transaction starts (never autocommit reads)."""
+    if connection.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _reason(error: exc.SQLAlchemyError) -> str:
+    """The driver's own message: SQLAlchemy's adds the SQL text and a link."""
+    original = getattr(error, "orig", None) or error
+    text = str(original).strip().splitlines()[0] if str(original).strip() else ""
+    return f"{type(original).__name__}: {text}"

@@ -1,0 +1,286 @@
+"""The SQLAlchemy lease store on the real PostgreSQL and MariaDB of this machine, and SQLite files.
+
+Every test has its own tables (a random ``leaderbeat_sql_table``), dropped at
+the end, so runs by other people on the same servers never meet ours.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import sqlalchemy as sa
+from celery import Celery
+from celery.exceptions import ImproperlyConfigured
+
+from celery_leaderbeat import LeaseElector, NotLeader, StoreUnavailable
+from celery_leaderbeat.backends import choose_elector
+from celery_leaderbeat.settings import LeaderSettings
+from celery_leaderbeat.stores.sql import SqlLeaseStore, engine_url
+from celery_leaderbeat.testing import free_port, wait_for
+
+SERVERS = {
+    "postgresql": "postgresql://postgres@127.0.0.1:5432/test",
+    "mariadb": "mysql://root@127.0.0.1:3306/test",
+}
+BACKENDS = [*SERVERS, "sqlite"]
+
+
+def _settings(url: str, table: str, lease: str, **conf: Any) -> LeaderSettings:
+    app = Celery("sqltest", set_as_current=False)
+    app.conf.update(leaderbeat_elector=url, leaderbeat_sql_table=table,
+                    leaderbeat_lease_name=lease, **conf)
+    return LeaderSettings.from_app(app)
+
+
+def _store(url: str, table: str, lease: str) -> SqlLeaseStore:
+    return SqlLeaseStore.from_url(url, _settings(url, table, lease))
+
+
+@pytest.fixture(params=BACKENDS)
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A database URL and table and lease names used by this test alone."""
+    url = SERVERS.get(request.param) or f"sqlite:///{tmp_path}/leases.db"
+    table = f"lbt_{uuid.uuid4().hex[:12]}"
+    yield {"url": url, "table": table, "lease": f"lease-{uuid.uuid4().hex[:8]}"}
+    engine = sa.create_engine(engine_url(url))
+    with engine.begin() as connection:
+        for name in (f"{table}_runs", table):
+            connection.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
+    engine.dispose()
+
+
+@pytest.fixture
+def make_store(database: dict[str, str]) -> Iterator[Callable[[], SqlLeaseStore]]:
+    stores: list[SqlLeaseStore] = []
+
+    def make() -> SqlLeaseStore:
+        store = _store(database["url"], database["table"], database["lease"])
+        stores.append(store)
+        return store
+
+    yield make
+    for store in stores:
+        store.close()
+
+
+def _set_expiry(store: SqlLeaseStore, seconds_from_now: float) -> None:
+    """Move the lease's expiry, on the database's own clock."""
+    with store.engine.begin() as connection:
+        now = store._sql("{now}")
+        connection.exec_driver_sql(
+            f"UPDATE {store.lease_table} SET expires_at = {now} + {seconds_from_now:f}")
+
+
+def test_acquire_renew_release_with_increasing_terms(make_store: Callable[[], SqlLeaseStore]
+                                                     ) -> None:
+    a, b = make_store(), make_store()
+    first = a.acquire("owner-a", "replica-a", 30)
+    assert first.acquired and first.lease.term == 1
+    refused = b.acquire("owner-b", "replica-b", 30)
+    assert not refused.acquired
+    assert (refused.lease.holder, refused.lease.term) == ("replica-a", 1)
+
+    again = a.acquire("owner-a", "replica-a", 30)  # already ours: same term, extended
+    assert again.acquired and again.lease.term == 1
+    assert a.renew("owner-a", 1, 30)
+    assert not b.renew("owner-b", 1, 30)
+    assert not b.release("owner-b", 1)
+
+    lease = b.read()
+    assert lease is not None and lease.holder == "replica-a" and lease.term == 1
+    assert lease.transitions == 1 and 25 < (lease.expires_in or 0) <= 30
+    assert lease.acquired_at is not None and lease.renewed_at is not None
+
+    assert a.release("owner-a", 1)
+    assert b.read() is None
+    taken = b.acquire("owner-b", "replica-b", 30)
+    assert taken.acquired and taken.lease.term == 2
+    assert not a.renew("owner-a", 1, 30)
+    lease = a.read()
+    assert lease is not None and lease.transitions == 2
+
+
+def test_expiry_is_judged_by_the_database_clock(make_store: Callable[[], SqlLeaseStore]) -> None:
+    a, b = make_store(), make_store()
+    assert a.acquire("owner-a", "replica-a", 600).acquired
+    assert not b.acquire("owner-b", "replica-b", 600).acquired
+    # The lease says it expired a second ago by the database's clock: b takes it
+    # at once, although a asked for ten minutes a moment ago.
+    _set_expiry(a, -1.0)
+    taken = b.acquire("owner-b", "replica-b", 600)
+    assert taken.acquired and taken.lease.term == 2
+    assert not a.renew("owner-a", 1, 600)
+
+
+def test_lease_expires_after_its_ttl(make_store: Callable[[], SqlLeaseStore]) -> None:
+    a, b = make_store(), make_store()
+    started = time.monotonic()
+    assert a.acquire("owner-a", "replica-a", 0.6).acquired
+    wait_for(lambda: b.acquire("owner-b", "replica-b", 5).acquired, timeout=10,
+             message="the expired lease taken over")
+    # The database cannot have let go before the TTL passed on its clock.
+    assert time.monotonic() - started >= 0.55
+    lease = a.read()
+    assert lease is not None and (lease.holder, lease.term) == ("replica-b", 2)
+
+
+def test_a_stale_term_cannot_claim(make_store: Callable[[], SqlLeaseStore]) -> None:
+    a, b = make_store(), make_store()
+    assert a.acquire("owner-a", "replica-a", 600).acquired
+    assert a.claim("owner-a", 1, {"every-minute": "run-1"})
+    _set_expiry(a, -1.0)
+    # Expired, even before anyone took over: no claim.
+    assert not a.claim("owner-a", 1, {"every-minute": "run-2"})
+    assert b.acquire("owner-b", "replica-b", 600).acquired
+    assert not a.claim("owner-a", 1, {"every-minute": "run-2"})
+    assert not a.forget("owner-a", 1, ["every-minute"])
+    assert not b.claim("owner-b", 1, {"every-minute": "run-2"})  # right owner, wrong term
+    assert b.load_history() == {"every-minute": "run-1"}
+    assert b.claim("owner-b", 2, {"every-minute": "run-2", "hourly": "run-9"})
+    assert a.load_history() == {"every-minute": "run-2", "hourly": "run-9"}
+    assert b.forget("owner-b", 2, ["hourly", "never-existed"])
+    assert a.load_history() == {"every-minute": "run-2"}
+
+
+def test_tables_are_created_on_first_use_under_the_configured_name(
+        make_store: Callable[[], SqlLeaseStore], database: dict[str, str]) -> None:
+    store = make_store()
+    inspector = sa.inspect(store.engine)
+    assert not inspector.has_table(database["table"])
+    assert store.read() is None
+    inspector = sa.inspect(store.engine)
+    assert inspector.has_table(database["table"])
+    assert inspector.has_table(database["table"] + "_runs")
+    assert database["table"] in store.description
+
+
+def test_threads_racing_never_both_hold(make_store: Callable[[], SqlLeaseStore]) -> None:
+    """Eight replicas race for a free (released or expired) lease, round after round."""
+    threads, rounds = 8, 6
+    stores = [make_store() for _ in range(threads)]
+    barrier = threading.Barrier(threads, timeout=60)
+    winners: list[list[tuple[int, int]]] = [[] for _ in range(rounds)]
+    errors: list[BaseException] = []
+
+    def replica(i: int) -> None:
+        store, owner = stores[i], f"owner-{i}"
+        try:
+            for r in range(rounds):
+                barrier.wait()
+                outcome = store.acquire(owner, f"replica-{i}", 0.4)
+                if outcome.acquired:
+                    winners[r].append((i, outcome.lease.term))
+                barrier.wait()
+                if outcome.acquired and r % 2 == 0:
+                    assert store.release(owner, outcome.lease.term)
+                wait_for(lambda: store.read() is None, timeout=10)  # odd rounds: expiry
+        except BaseException as exc:
+            errors.append(exc)
+            barrier.abort()
+
+    workers = [threading.Thread(target=replica, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert not errors, errors
+    assert [len(w) for w in winners] == [1] * rounds, winners
+    terms = [w[0][1] for w in winners]
+    assert terms == list(range(1, rounds + 1))
+
+
+def _process_replica(url: str, table: str, lease: str, i: int, rounds: int,
+                     barrier: Any, results: Any) -> None:
+    store = _store(url, table, lease)
+    try:
+        for r in range(rounds):
+            barrier.wait()
+            outcome = store.acquire(f"owner-{i}", f"replica-{i}", 0.4)
+            results.put((r, i, outcome.acquired, outcome.lease.term))
+            barrier.wait()
+            if outcome.acquired and r % 2 == 0:
+                store.release(f"owner-{i}", outcome.lease.term)
+            wait_for(lambda: store.read() is None, timeout=10)
+    finally:
+        store.close()
+
+
+@pytest.mark.processes
+def test_processes_racing_never_both_hold(database: dict[str, str]) -> None:
+    processes, rounds = 4, 6
+    _store(database["url"], database["table"], database["lease"]).create_tables()
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(processes, timeout=60)
+    results = context.Queue()
+    children = [
+        context.Process(target=_process_replica, args=(
+            database["url"], database["table"], database["lease"], i, rounds, barrier, results))
+        for i in range(processes)
+    ]
+    for child in children:
+        child.start()
+    outcomes = [results.get(timeout=120) for _ in range(processes * rounds)]
+    for child in children:
+        child.join(timeout=60)
+        assert child.exitcode == 0
+    for r in range(rounds):
+        won = [(i, term) for rr, i, acquired, term in outcomes if rr == r and acquired]
+        assert len(won) == 1, (r, won)
+        assert won[0][1] == r + 1
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://postgres@127.0.0.1:{port}/test",
+    "mysql://root@127.0.0.1:{port}/test",
+])
+def test_an_unreachable_database_is_unavailable_quickly(url: str) -> None:
+    url = url.format(port=free_port())  # nothing listens there
+    settings = _settings(url, "leaderbeat_lease", "unreachable")
+    elector = choose_elector(settings).elector
+    assert isinstance(elector, LeaseElector)
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable):
+        elector.store.acquire("owner", "replica", 5)
+    with pytest.raises(NotLeader, match="store unavailable"):
+        elector.is_leader()
+    assert time.monotonic() - started < 5
+    elector.close()
+
+
+def test_urls_get_our_drivers_and_never_show_passwords() -> None:
+    assert engine_url("postgres://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert engine_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert engine_url("mysql://u@h/db") == "mysql+pymysql://u@h/db"
+    assert engine_url("mariadb://u@h/db") == "mariadb+pymysql://u@h/db"
+    assert engine_url("postgresql+psycopg2://u@h/db") == "postgresql+psycopg2://u@h/db"
+    url = "postgresql://beat:s3cret-pw@127.0.0.1:5432/test"
+    store = SqlLeaseStore.from_url(url, _settings(url, "leaderbeat_lease", "pw"))
+    assert "s3cret-pw" not in store.description and "s3cret-pw" not in repr(store)
+    assert store.engine.dialect.driver == "psycopg"
+    store.close()
+
+
+def test_a_bad_table_name_is_refused_naming_the_setting() -> None:
+    with pytest.raises(ImproperlyConfigured, match="leaderbeat_sql_table.*CELERY_LEADERBEAT_SQL"):
+        _settings("sqlite:///x.db", "lease; DROP TABLE x", "bad")
+
+
+def test_the_elector_setting_builds_a_sql_lease_elector(database: dict[str, str]) -> None:
+    elector = choose_elector(_settings(database["url"], database["table"],
+                                       database["lease"])).elector
+    assert isinstance(elector, LeaseElector) and isinstance(elector.store, SqlLeaseStore)
+    try:
+        assert elector.is_leader() and elector.term == 1
+        elector.claim({"entry": "record"})
+        assert elector.load_history() == {"entry": "record"}
+        elector.release()
+        assert elector.store.read() is None
+    finally:
+        elector.close()
