@@ -76,7 +76,8 @@ class LeaderSchedulerMixin:
             registry, self.leader_settings.identity, self.leader_settings.timing.renew_interval)
         self.metrics: BeatMetrics | None = None
         super().__init__(app, *args, **kwargs)  # type: ignore[call-arg]
-        self.metrics = BeatMetrics.serve(self)
+        if not kwargs.get("lazy"):  # beat builds a lazy one just for its banner
+            self.metrics = BeatMetrics.serve(self)
 
     # -- the tick ----------------------------------------------------------------
 

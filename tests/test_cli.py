@@ -1,0 +1,260 @@
+"""``celery -A app leaderbeat status|step-down|health`` against real beat replicas.
+
+Every command runs as an operator would run it: a ``python -m celery``
+subprocess, which finds the sub-command through the ``celery.commands``
+entry point, with the same configuration as the replicas.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from celery_leaderbeat.cli import EXIT_NO_STORE, EXIT_OK, EXIT_UNHEALTHY, SCHEMA_VERSION
+from celery_leaderbeat.lease import LeaseTiming
+from celery_leaderbeat.replicas import CONF_ENV, GENERATED_APP_MODULE, BeatCluster
+from celery_leaderbeat.testing import RedisServer, wait_for
+
+pytestmark = pytest.mark.processes
+
+#: renew + retry (the step-down bound) stays within retry + 1 s.
+TIMING = LeaseTiming(ttl=4.0, renew_interval=0.8, retry_interval=0.3)
+
+
+def leaderbeat(cluster: BeatCluster, *args: str, conf: dict[str, Any] | None = None
+               ) -> subprocess.CompletedProcess[str]:
+    """Run ``celery -A <the replicas' app> leaderbeat <args>`` with the replicas' settings."""
+    env = dict(cluster.replicas[0].env)
+    if conf is not None:
+        env[CONF_ENV] = json.dumps({**json.loads(env[CONF_ENV]), **conf})
+    return subprocess.run(
+        [sys.executable, "-m", "celery", "-A", GENERATED_APP_MODULE, "leaderbeat", *args],
+        env=env, cwd=cluster.directory, capture_output=True, text=True, timeout=60)
+
+
+def leader_and_standby(cluster: BeatCluster) -> tuple[Any, Any]:
+    """Wait until the lease has a holder and every replica heartbeats; return (leader, other)."""
+    store = cluster.lease_store()
+
+    def settled() -> Any:
+        held = cluster.leader_by_lease()
+        live = {r.identity for r in store.replicas()}  # type: ignore[attr-defined]
+        return held if held and live == {r.identity for r in cluster.replicas} else None
+
+    leader = wait_for(settled, 60, message="a leader and every replica in the registry")
+    return leader, next(r for r in cluster.replicas if r is not leader)
+
+
+@pytest.fixture
+def redis_cluster(redis_server: RedisServer) -> Iterator[BeatCluster]:
+    with BeatCluster(redis_server.url, replicas=2, elector=redis_server.url,
+                     timing=TIMING) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def file_cluster(redis_server: RedisServer, tmp_path: Path) -> Iterator[BeatCluster]:
+    """Two replicas on one host sharing a file lock; Redis is only the broker."""
+    lock = tmp_path / "beat.lock"
+    with BeatCluster(redis_server.url, replicas=2, elector=f"file://{lock}",
+                     timing=TIMING) as cluster:
+        yield cluster
+
+
+# -- Redis ---------------------------------------------------------------------------
+
+
+def test_status_names_the_leader_and_the_live_replicas(redis_cluster: BeatCluster) -> None:
+    leader, standby = leader_and_standby(redis_cluster)
+    term = redis_cluster.lease_store().read().term  # type: ignore[union-attr]
+
+    done = leaderbeat(redis_cluster, "status")
+
+    assert done.returncode == EXIT_OK, done.stderr
+    out = done.stdout
+    assert f"lease '{redis_cluster.lease_name}' in redis://127.0.0.1:" in out
+    assert f"holder:       {leader.identity} (term {term})" in out
+    assert re.search(r"expires in:\s+\d+\.\d s", out), out
+    assert re.search(rf"^  {leader.identity}\s+leader\s+term {term}\s+heartbeat \d+\.\d s ago",
+                     out, re.M), out
+    assert re.search(rf"^  {standby.identity}\s+standby\s+heartbeat \d+\.\d s ago", out,
+                     re.M), out
+    assert "replicas: 2 live" in out
+    assert f"health: ok: leader {leader.identity} (term {term})" in out
+
+
+def test_status_json_follows_the_documented_schema(redis_cluster: BeatCluster) -> None:
+    leader, standby = leader_and_standby(redis_cluster)
+
+    done = leaderbeat(redis_cluster, "status", "--json")
+
+    assert done.returncode == EXIT_OK, done.stderr
+    doc = json.loads(done.stdout)
+    assert set(doc) == {"schema", "lease_name", "store", "timing", "lease", "replicas",
+                        "healthy", "reason"}
+    assert doc["schema"] == SCHEMA_VERSION
+    assert doc["lease_name"] == redis_cluster.lease_name
+    assert doc["timing"] == {"ttl": 4.0, "renew_interval": 0.8, "retry_interval": 0.3}
+    lease = doc["lease"]
+    assert set(lease) == {"holder", "term", "acquired_at", "renewed_at", "expires_in",
+                          "transitions"}
+    assert lease["holder"] == leader.identity
+    assert isinstance(lease["term"], int) and lease["term"] > 0
+    assert 0 < lease["expires_in"] <= TIMING.ttl
+    assert lease["transitions"] >= 1
+    assert lease["acquired_at"] <= lease["renewed_at"]  # ISO 8601, same zone: comparable
+    replicas = {r["identity"]: r for r in doc["replicas"]}
+    assert doc["replicas"][0]["identity"] == leader.identity  # leader first
+    assert set(replicas) == {leader.identity, standby.identity}
+    for record in doc["replicas"]:
+        assert set(record) == {"identity", "host", "pid", "version", "celery_version", "role",
+                               "term", "last_tick_at", "heartbeat_age", "expires_in"}
+        assert 0 <= record["heartbeat_age"] < 3 * TIMING.renew_interval
+        assert record["version"] == "0.1.0"
+    assert replicas[leader.identity]["role"] == "leader"
+    assert replicas[leader.identity]["term"] == lease["term"]
+    assert replicas[standby.identity]["role"] == "standby"
+    assert replicas[standby.identity]["term"] is None
+    assert replicas[standby.identity]["pid"] == standby.pid
+    assert doc["healthy"] is True
+    assert doc["reason"].startswith(f"leader {leader.identity} (term {lease['term']})")
+
+
+def test_health_is_0_with_a_leader_and_1_without(redis_cluster: BeatCluster) -> None:
+    leader, _ = leader_and_standby(redis_cluster)
+
+    healthy = leaderbeat(redis_cluster, "health")
+    assert healthy.returncode == EXIT_OK, healthy.stderr
+    assert healthy.stdout.startswith(f"healthy: leader {leader.identity} (term ")
+    assert healthy.stdout.count("\n") == 1
+
+    for replica in redis_cluster.replicas:
+        replica.terminate()
+    for replica in redis_cluster.replicas:
+        replica.wait_exit(30)
+    unhealthy = leaderbeat(redis_cluster, "health")
+    assert unhealthy.returncode == EXIT_UNHEALTHY
+    assert unhealthy.stdout == ""
+    assert unhealthy.stderr == (f"unhealthy: no leader: nobody holds the lease "
+                                f"'{redis_cluster.lease_name}' in {redis_cluster.broker_url}\n")
+    status = leaderbeat(redis_cluster, "status", "--json")
+    assert status.returncode == EXIT_UNHEALTHY
+    doc = json.loads(status.stdout)
+    assert doc["lease"] is None and doc["replicas"] == [] and doc["healthy"] is False
+    step_down = leaderbeat(redis_cluster, "step-down")
+    assert step_down.returncode == EXIT_UNHEALTHY
+    assert "nothing to step down" in step_down.stderr
+
+
+def test_step_down_moves_leadership_to_a_standby(redis_cluster: BeatCluster) -> None:
+    leader, standby = leader_and_standby(redis_cluster)
+    term = redis_cluster.lease_store().read().term  # type: ignore[union-attr]
+
+    done = leaderbeat(redis_cluster, "step-down")
+
+    assert done.returncode == EXIT_OK, done.stderr + redis_cluster.logs()
+    first, second = done.stdout.splitlines()
+    assert first == f"asked {leader.identity} (term {term}) to step down"
+    moved = re.fullmatch(rf"{standby.identity} leads now \(term (\d+)\), after (\d+\.\d) s",
+                         second)
+    assert moved, second
+    assert int(moved.group(1)) > term
+    assert float(moved.group(2)) <= TIMING.retry_interval + 1.0
+    assert redis_cluster.leader_by_lease() is standby
+    # The old leader stays up as a standby and says why it let go.
+    assert leader.running
+    wait_for(lambda: "released: step-down requested" in leader.log(), 10,
+             message="the old leader logging its step-down")
+    # The new leader publishes.
+    since = time.monotonic()
+    assert redis_cluster.wait_for_leader(timeout=10, since=since) is standby
+
+
+def test_step_down_moves_leadership_within_retry_interval_plus_1_s(
+        redis_server: RedisServer) -> None:
+    """Measured from the request in the store to the new holder, twice.
+
+    Three replicas: the replica that let go holds off for a lease TTL, so a
+    second step-down right after the first needs a third replica to move to.
+    """
+    with BeatCluster(redis_server.url, replicas=3, elector=redis_server.url,
+                     timing=TIMING) as cluster:
+        took = step_down_twice(cluster)
+    assert max(took) <= TIMING.retry_interval + 1.0, took
+
+
+def step_down_twice(cluster: BeatCluster) -> list[float]:
+    store: Any = cluster.lease_store()
+    took = []
+    for _ in range(2):
+        leader, _standby = leader_and_standby(cluster)
+        asked = store.request_step_down()
+        started = time.monotonic()
+        moved = wait_for(lambda: (store.read() or asked).term != asked.term, 10,  # noqa: B023
+                         interval=0.02, message="leadership moving")
+        took.append(time.monotonic() - started)
+        assert moved and store.read().holder != leader.identity
+    return took
+
+
+def test_commands_say_when_the_elector_keeps_no_store(redis_cluster: BeatCluster) -> None:
+    for command in ("status", "step-down", "health"):
+        done = leaderbeat(redis_cluster, command, conf={"leaderbeat_elector": "static://leader"})
+        assert done.returncode == EXIT_NO_STORE, (command, done.stdout, done.stderr)
+        assert done.stderr.startswith(
+            "the configured elector StaticElector(leader=True) keeps no lease in a store"), \
+            done.stderr
+    bad = leaderbeat(redis_cluster, "status", conf={"leaderbeat_elector": "redsi://x"})
+    assert bad.returncode == EXIT_NO_STORE
+    assert "Did you mean redis://?" in bad.stderr
+
+
+# -- the file store ------------------------------------------------------------------
+
+
+def test_file_store_status_health_and_step_down(file_cluster: BeatCluster) -> None:
+    leader, standby = leader_and_standby(file_cluster)
+
+    status = leaderbeat(file_cluster, "status")
+    assert status.returncode == EXIT_OK, status.stderr
+    assert f"lease '{file_cluster.lease_name}' in file://" in status.stdout
+    assert f"holder:       {leader.identity} (term " in status.stdout
+    assert "expires in:   never (held while the process lives)" in status.stdout
+    assert "replicas: 2 live" in status.stdout
+    doc = json.loads(leaderbeat(file_cluster, "status", "--json").stdout)
+    assert doc["lease"]["expires_in"] is None
+    assert [r["role"] for r in doc["replicas"]] == ["leader", "standby"]
+
+    health = leaderbeat(file_cluster, "health")
+    assert health.returncode == EXIT_OK, health.stderr
+    assert health.stdout == f"healthy: leader {leader.identity} (term {doc['lease']['term']})" \
+        ", 1 standby live\n"
+
+    # A frozen leader keeps its kernel lock, but its heartbeat stops: unhealthy.
+    leader.pause()
+    try:
+        def failing() -> subprocess.CompletedProcess[str] | None:
+            done = leaderbeat(file_cluster, "health")
+            return done if done.returncode == EXIT_UNHEALTHY else None
+
+        frozen = wait_for(failing, 30, interval=0.5, message="health noticing the frozen leader")
+        assert frozen is not None
+        assert frozen.stderr == (f"unhealthy: {leader.identity} (term {doc['lease']['term']}) "
+                                 "holds the lease but sends no heartbeat as leader\n")
+    finally:
+        leader.resume()
+
+    wait_for(lambda: leaderbeat(file_cluster, "health").returncode == EXIT_OK, 30,
+             interval=0.5, message="health after the leader resumed")
+    step_down = leaderbeat(file_cluster, "step-down")
+    assert step_down.returncode == EXIT_OK, step_down.stderr + file_cluster.logs()
+    assert step_down.stdout.splitlines()[-1].startswith(f"{standby.identity} leads now")
+    assert file_cluster.leader_by_lease() is standby

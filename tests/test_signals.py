@@ -1,0 +1,103 @@
+"""Leadership signals across a real handover between two ``celery beat`` processes.
+
+The receivers are the example in docs/operations.md, run as written inside
+each beat process's app module: they append one JSON line per signal to an
+audit file, which the test reads afterwards. So the documented example is
+tested too.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from celery_leaderbeat.lease import LeaseTiming
+from celery_leaderbeat.replicas import BeatCluster
+from celery_leaderbeat.testing import RedisServer, wait_for
+
+pytestmark = pytest.mark.processes
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
+TIMING = LeaseTiming(ttl=4.0, renew_interval=0.8, retry_interval=0.3)
+
+
+def documented_example() -> str:
+    """The Python block that follows the signals-example marker in docs/operations.md."""
+    text = DOCS.read_text(encoding="utf-8")
+    match = re.search(r"<!-- signals-example.*?-->\s*```python\n(.*?)```", text, re.S)
+    assert match, "the signals example is missing from docs/operations.md"
+    return match.group(1)
+
+
+def write_app_module(directory: Path) -> str:
+    """An app module for the replicas: the documented receivers, then the replica app."""
+    name = "signals_app"
+    (directory / f"{name}.py").write_text(
+        documented_example()
+        + "\n\nfrom celery_leaderbeat.replicas import replica_app\n\napp = replica_app()\n",
+        encoding="utf-8")
+    return name
+
+
+def audit(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def events_of(events: list[dict[str, Any]], identity: str) -> list[tuple[Any, ...]]:
+    """One replica's events, in the order it sent them: (event, term, detail)."""
+    return [(e["event"], e["term"], e.get("cause") or e.get("leader"))
+            for e in events if e["identity"] == identity]
+
+
+def test_signals_fire_once_per_transition_in_order_across_a_real_handover(
+        redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    audit_path = tmp_path / "leadership.jsonl"
+    app = write_app_module(tmp_path)
+    monkeypatch.setenv("BEAT_AUDIT_LOG", str(audit_path))  # inherited by the replicas
+    with BeatCluster(redis_server.url, replicas=2, elector=redis_server.url, timing=TIMING,
+                     app=app, pythonpath=[str(tmp_path)]) as cluster:
+        first = cluster.wait_for_leader(timeout=60)
+        second = next(r for r in cluster.replicas if r is not first)
+        # The standby has seen the leader once it has tried and failed to acquire.
+        wait_for(lambda: events_of(audit(audit_path), second.identity), 30,
+                 message="the standby observing the leader")
+
+        first.terminate()  # graceful: releases the lease, the standby takes over
+        assert first.wait_exit(30) == 0
+        wait_for(lambda: ("gained" in [e[0] for e in events_of(audit(audit_path),
+                                                                 second.identity)]),
+                 30, message="the standby gaining leadership")
+
+        first.start()  # comes back as a standby and sees the new leader
+        wait_for(lambda: len(events_of(audit(audit_path), first.identity)) >= 3, 60,
+                 message="the restarted replica observing the new leader")
+        events = audit(audit_path)
+        by_first = events_of(events, first.identity)
+        by_second = events_of(events, second.identity)
+        logs = cluster.logs()
+        texts = {r.identity: r.log() for r in cluster.replicas}
+
+    term_1 = by_first[0][1]
+    term_2 = next(term for event, term, _ in by_second if event == "gained")
+    assert term_2 > term_1
+    assert by_first == [
+        ("gained", term_1, None),
+        ("lost", term_1, "released"),
+        ("observed", term_2, second.identity),
+    ], logs
+    assert by_second == [
+        ("observed", term_1, first.identity),
+        ("gained", term_2, None),
+    ], logs
+    assert {e["lease"] for e in events} == {cluster.lease_name}
+    # Item 5 of the issue: banner and log lines name the replica.
+    for identity, text in texts.items():
+        assert f"lease -> '{cluster.lease_name}' as '{identity}'" in text
+        assert f"leaderbeat: {identity} is now the leader" in text
+    assert f"leaderbeat: {first.identity} is no longer the leader" in texts[first.identity]
