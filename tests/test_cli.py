@@ -27,6 +27,7 @@ pytestmark = pytest.mark.processes
 
 #: renew + retry (the step-down bound) stays within retry + 1 s.
 TIMING = LeaseTiming(ttl=4.0, renew_interval=0.8, retry_interval=0.3)
+POSTGRESQL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 def leaderbeat(cluster: BeatCluster, *args: str, conf: dict[str, Any] | None = None
@@ -258,3 +259,29 @@ def test_file_store_status_health_and_step_down(file_cluster: BeatCluster) -> No
     assert step_down.returncode == EXIT_OK, step_down.stderr + file_cluster.logs()
     assert step_down.stdout.splitlines()[-1].startswith(f"{standby.identity} leads now")
     assert file_cluster.leader_by_lease() is standby
+
+
+# -- SQL (no replica registry yet) ---------------------------------------------------
+
+
+def test_sql_store_status_and_health_without_a_registry(redis_server: RedisServer) -> None:
+    """The SQL store keeps no registry yet: the lease alone is shown and judged."""
+    pytest.importorskip("psycopg")
+    with BeatCluster(redis_server.url, replicas=2, elector=POSTGRESQL, timing=TIMING) as cluster:
+        leader = wait_for(cluster.leader_by_lease, 60, message="a leader in PostgreSQL")
+
+        status = leaderbeat(cluster, "status", "--json")
+        assert status.returncode == EXIT_OK, status.stderr + cluster.logs()
+        doc = json.loads(status.stdout)
+        assert doc["store"].startswith(POSTGRESQL)
+        assert doc["lease"]["holder"] == leader.identity
+        assert doc["replicas"] is None
+        assert doc["reason"].startswith(f"leader {leader.identity} (term ")
+        text = leaderbeat(cluster, "status").stdout
+        assert "replicas: this store keeps no replica registry" in text
+
+        health = leaderbeat(cluster, "health")
+        assert health.returncode == EXIT_OK, health.stderr
+        step_down = leaderbeat(cluster, "step-down")
+        assert step_down.returncode == EXIT_NO_STORE
+        assert "keeps no replica registry" in step_down.stderr

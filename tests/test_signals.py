@@ -3,7 +3,7 @@
 The receivers are the example in docs/operations.md, run as written inside
 each beat process's app module: they append one JSON line per signal to an
 audit file, which the test reads afterwards. So the documented example is
-tested too.
+tested too. A step-down, ticked in this process, is signalled as a release.
 """
 
 from __future__ import annotations
@@ -11,15 +11,15 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
+from celery import Celery
 
+from celery_leaderbeat import signals
 from celery_leaderbeat.lease import LeaseTiming
 from celery_leaderbeat.replicas import BeatCluster
 from celery_leaderbeat.testing import RedisServer, wait_for
-
-pytestmark = pytest.mark.processes
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
 TIMING = LeaseTiming(ttl=4.0, renew_interval=0.8, retry_interval=0.3)
@@ -55,6 +55,7 @@ def events_of(events: list[dict[str, Any]], identity: str) -> list[tuple[Any, ..
             for e in events if e["identity"] == identity]
 
 
+@pytest.mark.processes
 def test_signals_fire_once_per_transition_in_order_across_a_real_handover(
         redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     audit_path = tmp_path / "leadership.jsonl"
@@ -101,3 +102,39 @@ def test_signals_fire_once_per_transition_in_order_across_a_real_handover(
         assert f"lease -> '{cluster.lease_name}' as '{identity}'" in text
         assert f"leaderbeat: {identity} is now the leader" in text
     assert f"leaderbeat: {first.identity} is no longer the leader" in texts[first.identity]
+
+
+def test_a_step_down_is_signalled_as_released_and_the_leader_holds_off(
+        make_app: Callable[..., Celery], make_scheduler: Callable[..., Any],
+        ticker: Callable[..., Any]) -> None:
+    """In one process: the request reaches the leader in a heartbeat; it lets go and waits."""
+    seen: list[tuple[str, str, str]] = []
+
+    def lost(sender: Any, identity: str, reason: str, cause: str, **_: Any) -> None:
+        seen.append((identity, cause, reason))
+
+    signals.leadership_lost.connect(lost, weak=False)
+    try:
+        conf = {"leaderbeat_lease_ttl": TIMING.ttl,
+                "leaderbeat_renew_interval": TIMING.renew_interval,
+                "leaderbeat_retry_interval": TIMING.retry_interval}
+        a = make_scheduler(make_app(**conf), "a")
+        b = make_scheduler(make_app(**conf), "b")
+        ticker([a], lambda: a.is_leader, timeout=10)
+        ticker([b], lambda: b.term is None and b.elector.store.replicas(), timeout=10)
+        term = a.term
+        asked = a.elector.store.request_step_down()
+        assert (asked.holder, asked.term) == ("a", term)
+
+        ticker([a, b], lambda: b.is_leader, timeout=10)
+        assert not a.is_leader
+        assert seen == [("a", "released", "step-down requested")]
+        assert b.term > term
+        roles = {r.identity: r.role for r in b.elector.store.replicas()}
+        assert roles["b"] == "leader"
+        # The old leader holds off for a TTL, so it does not take the lease straight back.
+        assert a.elector.store.request_step_down().holder == "b"
+        ticker([a, b], lambda: not b.is_leader, timeout=10)
+        assert a.term is None  # b let go, and a was still holding off
+    finally:
+        signals.leadership_lost.disconnect(lost)
