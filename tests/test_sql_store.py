@@ -268,7 +268,7 @@ def test_urls_get_our_drivers_and_never_show_passwords() -> None:
 
 
 def test_a_bad_table_name_is_refused_naming_the_setting() -> None:
-    with pytest.raises(ImproperlyConfigured, match="leaderbeat_sql_table.*CELERY_LEADERBEAT_SQL"):
+    with pytest.raises(ImproperlyConfigured, match=r"leaderbeat_sql_table.*CELERY_LEADERBEAT_SQL"):
         _settings("sqlite:///x.db", "lease; DROP TABLE x", "bad")
 
 
