@@ -168,3 +168,64 @@ def tick_until(
 def ticker() -> Callable[..., Any]:
     """:func:`tick_until`, as a fixture so test modules need not import conftest."""
     return tick_until
+
+
+def race_for_lease(make_store: Callable[[], Any], replicas: int, rounds: int,
+                   processes: bool = False) -> list[list[int]]:
+    """Replicas (threads, or forked processes) race for a free lease, round after round.
+
+    In each round all replicas call ``acquire`` at once (behind a barrier);
+    the winner then releases (even rounds) or lets the lease expire (odd
+    rounds) before the next. Returns the terms won in each round: exactly
+    one per round when the store is sound. ``make_store`` is called in each
+    replica (after the fork for processes) and the store closed at the end.
+    """
+    import multiprocessing
+    import threading
+
+    context = multiprocessing.get_context("fork")
+    barrier = (context.Barrier if processes else threading.Barrier)(replicas, timeout=60)
+    results = context.Queue() if processes else None
+    won: list[tuple[int, int]] = []
+    errors: list[BaseException] = []
+
+    def replica(i: int) -> None:
+        store, owner = make_store(), f"owner-{i}"
+        try:
+            for r in range(rounds):
+                barrier.wait()
+                outcome = store.acquire(owner, f"replica-{i}", 0.4)
+                if outcome.acquired:
+                    if results is not None:
+                        results.put((r, outcome.lease.term))
+                    won.append((r, outcome.lease.term))
+                barrier.wait()
+                if outcome.acquired and r % 2 == 0:
+                    assert store.release(owner, outcome.lease.term)
+                wait_for(lambda: store.read() is None, timeout=10)
+        except BaseException as exc:
+            errors.append(exc)
+            barrier.abort()
+            raise
+        finally:
+            store.close()
+
+    starts: list[Any] = [
+        (context.Process if processes else threading.Thread)(target=replica, args=(i,))
+        for i in range(replicas)]
+    for start in starts:
+        start.start()
+    for start in starts:
+        start.join(timeout=120)
+    if results is not None:
+        assert all(p.exitcode == 0 for p in starts), [p.exitcode for p in starts]
+        while not results.empty():
+            won.append(results.get(timeout=5))
+    assert not errors, errors
+    return [sorted(term for rr, term in won if rr == r) for r in range(rounds)]
+
+
+@pytest.fixture
+def lease_race() -> Callable[..., list[list[int]]]:
+    """:func:`race_for_lease`, as a fixture."""
+    return race_for_lease

@@ -6,8 +6,6 @@ the end, so runs by other people on the same servers never meet ours.
 
 from __future__ import annotations
 
-import multiprocessing
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -161,79 +159,19 @@ def test_tables_are_created_on_first_use_under_the_configured_name(
     assert database["table"] in store.description
 
 
-def test_threads_racing_never_both_hold(make_store: Callable[[], SqlLeaseStore]) -> None:
+def test_threads_racing_never_both_hold(make_store: Callable[[], SqlLeaseStore],
+                                        lease_race: Callable[..., list[list[int]]]) -> None:
     """Eight replicas race for a free (released or expired) lease, round after round."""
-    threads, rounds = 8, 6
-    stores = [make_store() for _ in range(threads)]
-    barrier = threading.Barrier(threads, timeout=60)
-    winners: list[list[tuple[int, int]]] = [[] for _ in range(rounds)]
-    errors: list[BaseException] = []
-
-    def replica(i: int) -> None:
-        store, owner = stores[i], f"owner-{i}"
-        try:
-            for r in range(rounds):
-                barrier.wait()
-                outcome = store.acquire(owner, f"replica-{i}", 0.4)
-                if outcome.acquired:
-                    winners[r].append((i, outcome.lease.term))
-                barrier.wait()
-                if outcome.acquired and r % 2 == 0:
-                    assert store.release(owner, outcome.lease.term)
-                wait_for(lambda: store.read() is None, timeout=10)  # odd rounds: expiry
-        except BaseException as exc:
-            errors.append(exc)
-            barrier.abort()
-
-    workers = [threading.Thread(target=replica, args=(i,)) for i in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(timeout=120)
-    assert not errors, errors
-    assert [len(w) for w in winners] == [1] * rounds, winners
-    terms = [w[0][1] for w in winners]
-    assert terms == list(range(1, rounds + 1))
-
-
-def _process_replica(url: str, table: str, lease: str, i: int, rounds: int,
-                     barrier: Any, results: Any) -> None:
-    store = _store(url, table, lease)
-    try:
-        for r in range(rounds):
-            barrier.wait()
-            outcome = store.acquire(f"owner-{i}", f"replica-{i}", 0.4)
-            results.put((r, i, outcome.acquired, outcome.lease.term))
-            barrier.wait()
-            if outcome.acquired and r % 2 == 0:
-                store.release(f"owner-{i}", outcome.lease.term)
-            wait_for(lambda: store.read() is None, timeout=10)
-    finally:
-        store.close()
+    assert lease_race(make_store, replicas=8, rounds=6) == [[t] for t in range(1, 7)]
 
 
 @pytest.mark.processes
-def test_processes_racing_never_both_hold(database: dict[str, str]) -> None:
-    processes, rounds = 4, 6
+def test_processes_racing_never_both_hold(database: dict[str, str],
+                                          lease_race: Callable[..., list[list[int]]]) -> None:
     _store(database["url"], database["table"], database["lease"]).create_tables()
-    context = multiprocessing.get_context("fork")
-    barrier = context.Barrier(processes, timeout=60)
-    results = context.Queue()
-    children = [
-        context.Process(target=_process_replica, args=(
-            database["url"], database["table"], database["lease"], i, rounds, barrier, results))
-        for i in range(processes)
-    ]
-    for child in children:
-        child.start()
-    outcomes = [results.get(timeout=120) for _ in range(processes * rounds)]
-    for child in children:
-        child.join(timeout=60)
-        assert child.exitcode == 0
-    for r in range(rounds):
-        won = [(i, term) for rr, i, acquired, term in outcomes if rr == r and acquired]
-        assert len(won) == 1, (r, won)
-        assert won[0][1] == r + 1
+    terms = lease_race(lambda: _store(database["url"], database["table"], database["lease"]),
+                       replicas=4, rounds=6, processes=True)
+    assert terms == [[t] for t in range(1, 7)]
 
 
 @pytest.mark.parametrize("url", [
