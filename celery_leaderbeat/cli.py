@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, NoReturn
 
 import click
 from celery.bin.base import CeleryCommand
 from celery.exceptions import ImproperlyConfigured
+from celery.utils.imports import load_extension_class_names, symbol_by_name
 
 from .backends import choose_elector
 from .lease import LeaseElector, LeaseRecord, LeaseStore, StoreUnavailable
@@ -27,8 +29,8 @@ from .registry import LEADER, ReplicaRecord, ReplicaRegistry
 from .settings import LeaderSettings
 from .testing import wait_for
 
-__all__ = ["EXIT_NO_STORE", "EXIT_OK", "EXIT_UNHEALTHY", "SCHEMA_VERSION", "leaderbeat",
-           "snapshot"]
+__all__ = ["EXIT_NO_STORE", "EXIT_OK", "EXIT_UNHEALTHY", "SCHEMA_VERSION", "NoStore",
+           "leaderbeat", "open_store", "snapshot"]
 
 EXIT_OK = 0
 EXIT_UNHEALTHY = 1
@@ -42,10 +44,16 @@ class NoStore(Exception):
     """The configured elector cannot answer: it keeps no lease in a store."""
 
 
-def open_store(app: Any) -> tuple[LeaderSettings, LeaseStore]:
-    """The store the replicas of ``app`` use, chosen exactly as they choose it."""
+def open_store(app: Any, scheduler: Any = None) -> tuple[LeaderSettings, LeaseStore]:
+    """The store the replicas of ``app`` use, chosen exactly as they choose it.
+
+    ``scheduler`` is what the replicas run with ``-S`` (default: the app's
+    ``beat_scheduler``): some schedulers bring their own default elector.
+    """
     try:
         settings = LeaderSettings.from_app(app)
+        if settings.elector is None:
+            settings = replace(settings, elector=default_elector(app, scheduler))
         elector = choose_elector(settings).elector
     except ImproperlyConfigured as exc:
         raise NoStore(f"leaderbeat is not configured correctly: {exc}") from exc
@@ -55,6 +63,20 @@ def open_store(app: Any) -> tuple[LeaderSettings, LeaseStore]:
             "tell who leads; status, step-down and health need a store elector "
             "(redis://, file://, a SQL URL or django://)")
     return settings, elector.store
+
+
+def default_elector(app: Any, scheduler: Any = None) -> str | None:
+    """The elector URL a scheduler class falls back to (``default_elector``), if any."""
+    name = scheduler or app.conf.beat_scheduler
+    try:
+        app.loader.import_default_modules()  # sets Django up in Django projects
+        aliases = dict(load_extension_class_names("celery.beat_schedulers"))
+        found: str | None = getattr(symbol_by_name(name, aliases=aliases),
+                                    "default_elector", None)
+    except Exception as exc:
+        raise NoStore(f"cannot import the scheduler {name!r} to learn its default elector "
+                      f"({exc!r}); set leaderbeat_elector or pass --scheduler") from exc
+    return found
 
 
 def snapshot(settings: LeaderSettings, store: LeaseStore) -> dict[str, Any]:
@@ -125,13 +147,17 @@ def _iso(stamp: datetime | None) -> str | None:
 
 
 @click.group(name="leaderbeat")
-def leaderbeat() -> None:
+@click.option("-S", "--scheduler", default=None,
+              help="The scheduler the replicas run (as beat's -S), if it is not the app's "
+                   "beat_scheduler: it may choose the elector.")
+def leaderbeat(scheduler: str | None) -> None:
     """See who leads the beat replicas of this app, move leadership, probe health."""
 
 
 def _store_or_exit(ctx: click.Context) -> tuple[LeaderSettings, LeaseStore]:
+    scheduler = ctx.parent.params.get("scheduler") if ctx.parent else None
     try:
-        return open_store(ctx.obj.app)
+        return open_store(ctx.obj.app, scheduler)
     except NoStore as exc:
         _fail(str(exc), EXIT_NO_STORE)
 

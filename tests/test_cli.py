@@ -17,8 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from celery import Celery
 
-from celery_leaderbeat.cli import EXIT_NO_STORE, EXIT_OK, EXIT_UNHEALTHY, SCHEMA_VERSION
+from celery_leaderbeat import LeaderScheduler
+from celery_leaderbeat.cli import (
+    EXIT_NO_STORE,
+    EXIT_OK,
+    EXIT_UNHEALTHY,
+    SCHEMA_VERSION,
+    NoStore,
+    open_store,
+)
 from celery_leaderbeat.lease import LeaseTiming
 from celery_leaderbeat.replicas import CONF_ENV, GENERATED_APP_MODULE, BeatCluster
 from celery_leaderbeat.testing import RedisServer, wait_for
@@ -285,3 +294,28 @@ def test_sql_store_status_and_health_without_a_registry(redis_server: RedisServe
         step_down = leaderbeat(cluster, "step-down")
         assert step_down.returncode == EXIT_NO_STORE
         assert "keeps no replica registry" in step_down.stderr
+
+
+# -- which store the command opens ---------------------------------------------------
+
+
+class FileLockScheduler(LeaderScheduler):
+    """A scheduler bringing its own default elector, as the Django one brings django://."""
+
+    default_elector = "file:///tmp/leaderbeat-cli-test/default.lock"
+
+
+def test_the_command_opens_the_store_the_scheduler_defaults_to() -> None:
+    app = Celery("cli-default", set_as_current=False, broker="memory://")
+    for scheduler, conf in ((FileLockScheduler, None), (None, FileLockScheduler)):
+        app.conf.beat_scheduler = conf or "celery.beat:PersistentScheduler"
+        _, store = open_store(app, scheduler)
+        assert store.description == FileLockScheduler.default_elector
+        store.close()
+    app.conf.beat_scheduler = "celery.beat:PersistentScheduler"  # no default of its own
+    _, store = open_store(app)
+    assert store.description.startswith("file://") and store.description.endswith(
+        "/celery-leaderbeat/cli-default.lock")  # the broker is not Redis: the file default
+    store.close()
+    with pytest.raises(NoStore, match=r"cannot import the scheduler 'no.such:Scheduler'"):
+        open_store(app, "no.such:Scheduler")
