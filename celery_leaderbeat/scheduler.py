@@ -60,6 +60,7 @@ class LeaderSchedulerMixin:
     #: whose own state is shared between replicas (a database) set this to False.
     shadow_standby = True
     _shadowing = False
+    _shadow_next = 0.0  # monotonic time of the shadow's next due run
 
     def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
         self.leader_settings = LeaderSettings.from_app(app)
@@ -114,12 +115,21 @@ class LeaderSchedulerMixin:
         what remains when the store lost it (a Redis restart without
         persistence): a standby that takes over then does not re-send runs the
         old leader already sent. Off for schedulers whose state is shared.
+
+        Paced by the shadow's own next due time, not by the standby's retry
+        interval: between runs a shadow tick has nothing to advance, and the
+        base tick's cost (it compares the whole schedule) was most of an idle
+        standby's CPU time.
         """
         if not self.shadow_standby:
             return self.leader_settings.timing.retry_interval
+        wait = self._shadow_next - time.monotonic()
+        if wait > 0:
+            return wait
         self._shadowing = True
         try:
             interval: float = super().tick(*args, **kwargs)  # type: ignore[misc]
+            self._shadow_next = time.monotonic() + interval
             return interval
         except Exception as exc:  # a shadow must never stop the standby from asking
             logger.debug("leaderbeat: shadow tick failed: %r", exc)
@@ -200,6 +210,7 @@ class LeaderSchedulerMixin:
         if step_down and isinstance(self.elector, LeaseElector):
             self.elector.step_down(cause, reason)
         self._leading = False
+        self._shadow_next = 0.0  # the shadow starts from what this leader did
         self._last_refusal = reason
         logger.info(
             "leaderbeat: %s is no longer the leader of %r: %s",
