@@ -270,30 +270,32 @@ def test_file_store_status_health_and_step_down(file_cluster: BeatCluster) -> No
     assert file_cluster.leader_by_lease() is standby
 
 
-# -- SQL (no replica registry yet) ---------------------------------------------------
+# -- SQL (the replica registry in the database) -----------------------------------------
 
 
-def test_sql_store_status_and_health_without_a_registry(redis_server: RedisServer) -> None:
-    """The SQL store keeps no registry yet: the lease alone is shown and judged."""
+def test_sql_store_status_health_and_step_down(redis_server: RedisServer) -> None:
+    """The SQL store keeps the registry in its tables: replicas listed, step-down works."""
     pytest.importorskip("psycopg")
     with BeatCluster(redis_server.url, replicas=2, elector=POSTGRESQL, timing=TIMING) as cluster:
         leader = wait_for(cluster.leader_by_lease, 60, message="a leader in PostgreSQL")
 
-        status = leaderbeat(cluster, "status", "--json")
-        assert status.returncode == EXIT_OK, status.stderr + cluster.logs()
-        doc = json.loads(status.stdout)
+        def both_listed() -> Any:
+            status = leaderbeat(cluster, "status", "--json")
+            doc = json.loads(status.stdout) if status.returncode == EXIT_OK else {}
+            return doc if len(doc.get("replicas") or []) == 2 else None
+
+        doc = wait_for(both_listed, 30, interval=0.5, message="both replicas listed")
         assert doc["store"].startswith(POSTGRESQL)
         assert doc["lease"]["holder"] == leader.identity
-        assert doc["replicas"] is None
+        assert doc["replicas"][0]["identity"] == leader.identity
+        assert doc["replicas"][0]["role"] == "leader"
         assert doc["reason"].startswith(f"leader {leader.identity} (term ")
-        text = leaderbeat(cluster, "status").stdout
-        assert "replicas: this store keeps no replica registry" in text
 
         health = leaderbeat(cluster, "health")
         assert health.returncode == EXIT_OK, health.stderr
         step_down = leaderbeat(cluster, "step-down")
-        assert step_down.returncode == EXIT_NO_STORE
-        assert "keeps no replica registry" in step_down.stderr
+        assert step_down.returncode == EXIT_OK, step_down.stderr + cluster.logs()
+        assert cluster.leader_by_lease() not in (None, leader)
 
 
 # -- which store the command opens ---------------------------------------------------

@@ -345,3 +345,29 @@ def test_a_fenced_out_run_is_neither_sent_nor_saved(
     assert not a.is_leader
     assert not tap.drain()
     assert _last_run(task) == long_ago and not a._dirty
+
+
+def test_replicas_are_listed_and_a_step_down_moves_leadership(
+        make_app: Callable[..., Celery], make_scheduler: Callable[..., Any],
+        ticker: Callable[..., Any], lease_name: str) -> None:
+    a = _db_scheduler(make_app, make_scheduler, "dj-a")
+    b = _db_scheduler(make_app, make_scheduler, "dj-b")
+    store = DjangoLeaseStore(lease_name)
+    ticker([a, b], lambda: a.is_leader or b.is_leader, timeout=30)
+    leader, standby = (a, b) if a.is_leader else (b, a)
+
+    def roles() -> dict[str, str]:
+        return {r.identity: r.role for r in store.replicas()}
+
+    ticker([a, b], lambda: roles() == {"dj-a": roles_of(a), "dj-b": roles_of(b)}, timeout=30)
+    asked = store.request_step_down()
+    assert asked is not None and asked.holder == leader.leader_settings.identity
+    ticker([a, b], lambda: standby.is_leader, timeout=30)
+    assert not leader.is_leader
+    ticker([a, b], lambda: roles() == {"dj-a": roles_of(a), "dj-b": roles_of(b)}, timeout=30)
+    leader.close()  # withdraws its record
+    assert list(roles()) == [standby.leader_settings.identity]
+
+
+def roles_of(scheduler: Any) -> str:
+    return "leader" if scheduler.is_leader else "standby"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,6 +20,7 @@ from celery.exceptions import ImproperlyConfigured
 
 from celery_leaderbeat import LeaseElector, NotLeader, StoreUnavailable
 from celery_leaderbeat.backends import choose_elector
+from celery_leaderbeat.registry import LEADER, STANDBY, ReplicaRecord, ReplicaRegistry
 from celery_leaderbeat.settings import LeaderSettings
 from celery_leaderbeat.stores.sql import SqlLeaseStore, engine_url
 from celery_leaderbeat.testing import free_port, wait_for
@@ -49,7 +51,7 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[st
     yield {"url": url, "table": table, "lease": f"lease-{uuid.uuid4().hex[:8]}"}
     engine = sa.create_engine(engine_url(url))
     with engine.begin() as connection:
-        for name in (f"{table}_runs", table):
+        for name in (f"{table}_replicas", f"{table}_runs", table):
             connection.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
     engine.dispose()
 
@@ -222,3 +224,50 @@ def test_the_elector_setting_builds_a_sql_lease_elector(database: dict[str, str]
         assert elector.store.read() is None
     finally:
         elector.close()
+
+
+def _beat(identity: str, term: int | None = None) -> ReplicaRecord:
+    return ReplicaRecord(identity=identity, host="host", pid=1, version="v", celery_version="c",
+                         role=LEADER if term else STANDBY, term=term,
+                         last_tick_at=datetime.now(timezone.utc))
+
+
+def test_the_replica_registry_and_step_down_requests(make_store: Callable[[], SqlLeaseStore]
+                                                     ) -> None:
+    store = make_store()
+    assert isinstance(store, ReplicaRegistry)
+    assert store.request_step_down() is None  # nobody holds the lease
+    assert store.acquire("owner-b", "replica-b", 30).acquired
+    assert not store.heartbeat(_beat("replica-a"), 30)
+    assert not store.heartbeat(_beat("replica-b", term=1), 30)
+    assert not store.heartbeat(_beat("replica-gone"), 0.3)
+    listed = store.replicas()
+    assert [(r.identity, r.role) for r in listed][:2] == [("replica-b", LEADER),
+                                                          ("replica-a", STANDBY)]
+    assert all(0 <= (r.heartbeat_age or 0) < 5 for r in listed)
+    assert 25 < (listed[0].expires_in or 0) <= 30
+    wait_for(lambda: len(store.replicas()) == 2, timeout=10, message="a silent replica gone")
+
+    asked = store.request_step_down()
+    assert asked is not None and (asked.holder, asked.term) == ("replica-b", 1)
+    assert not store.heartbeat(_beat("replica-b", term=2), 30)  # another term: not asked
+    assert store.heartbeat(_beat("replica-b", term=1), 30)  # seen once ...
+    assert not store.heartbeat(_beat("replica-b", term=1), 30)  # ... and only once
+
+    store.withdraw("replica-a")
+    assert [r.identity for r in store.replicas()] == ["replica-b"]
+
+
+def test_a_lease_table_from_before_the_registry_gets_its_new_column(
+        make_store: Callable[[], SqlLeaseStore], database: dict[str, str]) -> None:
+    store = make_store()
+    with store.engine.begin() as connection:  # the lease table as the first version made it
+        connection.exec_driver_sql(
+            f"CREATE TABLE {database['table']} (name VARCHAR(191) PRIMARY KEY, "
+            "owner VARCHAR(255), holder VARCHAR(255), term BIGINT NOT NULL DEFAULT 0, "
+            "acquired_at DOUBLE PRECISION, renewed_at DOUBLE PRECISION, "
+            "expires_at DOUBLE PRECISION, "
+            "transitions BIGINT NOT NULL DEFAULT 0, last_holder VARCHAR(255))")
+    assert store.acquire("owner", "replica", 30).acquired
+    asked = store.request_step_down()
+    assert asked is not None and asked.term == 1

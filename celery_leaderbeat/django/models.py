@@ -1,4 +1,4 @@
-"""The lease and run history tables of the ``django://`` elector.
+"""The lease, run history and replica tables of the ``django://`` elector.
 
 The store writes them with the SQL in :mod:`celery_leaderbeat.stores.lease_tables`
 (one conditional statement per lease operation, judged by the database's
@@ -25,6 +25,8 @@ class Lease(models.Model):
     expires_at = models.FloatField(null=True, blank=True)
     transitions = models.BigIntegerField(default=0)
     last_holder = models.CharField(max_length=255, null=True, blank=True)
+    step_down_term = models.BigIntegerField(
+        null=True, blank=True, help_text="The term asked to step down, until its leader sees it.")
 
     class Meta:
         db_table = "celery_leaderbeat_lease"
@@ -51,3 +53,24 @@ class LeaseRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.lease_name}: {self.entry_name}"
+
+
+class LeaseReplica(models.Model):
+    """One replica's last heartbeat: the replica registry (``celery leaderbeat status``)."""
+
+    lease_name = models.CharField(max_length=191)
+    replica = models.CharField(max_length=255, help_text="The replica's identity.")
+    record = models.TextField()
+    beat_at = models.FloatField()
+    expires_at = models.FloatField()
+
+    class Meta:
+        db_table = "celery_leaderbeat_replica"
+        verbose_name = "beat replica"
+        constraints = [
+            models.UniqueConstraint(fields=["lease_name", "replica"],
+                                    name="celery_leaderbeat_replica_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.lease_name}: {self.replica}"

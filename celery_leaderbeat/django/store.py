@@ -54,7 +54,7 @@ class DjangoLeaseStore(LeaseTables):
             improperly_configured("leaderbeat_elector", (
                 f"django:// needs {APP!r} in INSTALLED_APPS (and "
                 "`python manage.py migrate celery_leaderbeat`)"))
-        from .models import Lease, LeaseRun
+        from .models import Lease, LeaseReplica, LeaseRun
 
         connection = connections[alias]
         if connection.vendor not in DIALECTS:
@@ -64,7 +64,7 @@ class DjangoLeaseStore(LeaseTables):
         self.alias = alias
         self.dialect = connection.vendor
         super().__init__(name, Lease._meta.db_table, LeaseRun._meta.db_table,
-                         connection.ops.quote_name)
+                         LeaseReplica._meta.db_table, connection.ops.quote_name)
         self.description = f"django://{alias}"
         self._told_missing = False
 
@@ -100,7 +100,8 @@ class DjangoLeaseStore(LeaseTables):
         if isinstance(error, ProgrammingError) or "no such table" in str(error):
             with contextlib.suppress(Error):
                 existing = set(connection.introspection.table_names())
-                missing = [t for t in (self.lease_table, self.run_table) if t not in existing]
+                tables = (self.lease_table, self.run_table, self.replica_table)
+                missing = [t for t in tables if t not in existing]
                 if missing:
                     return self._missing(missing)
         return StoreUnavailable(reason)

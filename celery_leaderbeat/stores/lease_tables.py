@@ -8,6 +8,9 @@ they connect; what they say to the database lives here, once.
   racing replicas never race on an INSERT.
 - The run table holds one row per (lease name, schedule entry): the encoded
   run record.
+- The replica table holds one heartbeat row per (lease name, replica), and
+  the lease row's ``step_down_term`` a pending step-down request: the
+  optional replica registry (:mod:`celery_leaderbeat.registry`).
 
 Clock: every time is epoch seconds read from the database's own clock
 (``{now}`` below) in the same statement that compares or stores it, so the
@@ -34,12 +37,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from ..lease import Acquisition, LeaseRecord, StoreUnavailable
+from ..registry import ReplicaRecord, StepDownRequest, sort_replicas
 
 __all__ = ["DIALECTS", "LeaseTableMissing", "LeaseTables", "SqlSession"]
 
@@ -101,6 +106,43 @@ FROM {lease} WHERE name = :name AND owner IS NOT NULL AND expires_at > {now}
 
 HISTORY = "SELECT entry_name, record FROM {runs} WHERE lease_name = :name"
 
+# -- the replica registry (celery_leaderbeat.registry.ReplicaRegistry) ----------------
+# Every statement stands alone (autocommit): a heartbeat never holds a lock
+# another replica could wait on.
+
+#: Write one replica's heartbeat record, replacing its previous one, per dialect.
+_HEARTBEAT_ROW = ("INSERT INTO {replicas} (lease_name, replica, record, beat_at, expires_at) "
+                  "VALUES (:name, :replica, :record, {now}, {now} + :ttl) ")
+HEARTBEAT = {
+    "postgresql": _HEARTBEAT_ROW + "ON CONFLICT (lease_name, replica) DO UPDATE SET "
+    "record = EXCLUDED.record, beat_at = EXCLUDED.beat_at, expires_at = EXCLUDED.expires_at",
+    "mysql": _HEARTBEAT_ROW + "ON DUPLICATE KEY UPDATE "
+    "record = VALUES(record), beat_at = VALUES(beat_at), expires_at = VALUES(expires_at)",
+    "sqlite": _HEARTBEAT_ROW + "ON CONFLICT (lease_name, replica) DO UPDATE SET "
+    "record = excluded.record, beat_at = excluded.beat_at, expires_at = excluded.expires_at",
+}
+
+DROP_EXPIRED = "DELETE FROM {replicas} WHERE lease_name = :name AND expires_at <= {now}"
+
+WITHDRAW = "DELETE FROM {replicas} WHERE lease_name = :name AND replica = :replica"
+
+LIVE = """
+SELECT record, {now} - beat_at, expires_at - {now} FROM {replicas}
+WHERE lease_name = :name AND expires_at > {now}
+"""
+
+# A request names the term of the lease held now; a later term never matches it.
+ASK_STEP_DOWN = """
+UPDATE {lease} SET step_down_term = term
+WHERE name = :name AND owner IS NOT NULL AND expires_at > {now}
+"""
+
+ASKED = "SELECT holder, step_down_term FROM {lease} WHERE name = :name"
+
+# Clearing the request is how the leader sees it: one UPDATE, so it is seen once.
+SEE_STEP_DOWN = ("UPDATE {lease} SET step_down_term = NULL "
+                 "WHERE name = :name AND step_down_term = :term")
+
 _PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
 
@@ -144,11 +186,14 @@ class LeaseTables:
     paramstyle = "format"
     description: str
 
-    def __init__(self, name: str, lease_table: str, run_table: str, quote: Any) -> None:
+    def __init__(self, name: str, lease_table: str, run_table: str, replica_table: str,
+                 quote: Any) -> None:
         self.name = name
         self.lease_table = lease_table
         self.run_table = run_table
-        self._names = {"lease": quote(lease_table), "runs": quote(run_table)}
+        self.replica_table = replica_table
+        self._names = {"lease": quote(lease_table), "runs": quote(run_table),
+                       "replicas": quote(replica_table)}
 
     def _session(self, atomic: bool) -> contextlib.AbstractContextManager[SqlSession]:
         """A connection in autocommit mode, or inside one transaction when ``atomic``."""
@@ -243,6 +288,36 @@ class LeaseTables:
         with self._session(atomic=False) as session:
             rows = self._query(session, HISTORY, name=self.name)
         return {str(entry): str(record) for entry, record in rows}
+
+    # -- the replica registry ----------------------------------------------------
+
+    def heartbeat(self, record: ReplicaRecord, ttl: float) -> bool:
+        with self._session(atomic=False) as session:
+            self._execute(session, DROP_EXPIRED, name=self.name)
+            self._execute(session, HEARTBEAT[self.dialect], name=self.name,
+                          replica=record.identity, record=json.dumps(record.encode()),
+                          ttl=float(ttl))
+            if record.term is None:
+                return False
+            return self._execute(session, SEE_STEP_DOWN, name=self.name, term=record.term) == 1
+
+    def replicas(self) -> list[ReplicaRecord]:
+        with self._session(atomic=False) as session:
+            rows = self._query(session, LIVE, name=self.name)
+        return sort_replicas([
+            ReplicaRecord.decode(json.loads(record)).seen(float(age), float(expires_in))
+            for record, age, expires_in in rows])
+
+    def withdraw(self, identity: str) -> None:
+        with self._session(atomic=False) as session:
+            self._execute(session, WITHDRAW, name=self.name, replica=identity)
+
+    def request_step_down(self) -> StepDownRequest | None:
+        with self._session(atomic=False) as session:
+            if not self._execute(session, ASK_STEP_DOWN, name=self.name):
+                return None
+            holder, term = self._query(session, ASKED, name=self.name)[0]
+        return StepDownRequest(holder, int(term))
 
 
 def _stamp(value: Any) -> datetime | None:

@@ -3,7 +3,8 @@
 For teams that run a database but no Redis. The statements, and the
 arguments why racing replicas can never both hold the lease, are in
 :mod:`.lease_tables`; this module connects, maps URLs to drivers and creates
-the two tables (``leaderbeat_sql_table`` and ``<that>_runs``) on first use.
+the tables (``leaderbeat_sql_table``, ``<that>_runs`` and ``<that>_replicas``)
+on first use.
 
 URLs: ``postgresql://`` and ``postgres://`` use psycopg 3, ``mysql://`` and
 ``mariadb://`` use PyMySQL, ``sqlite:///relative.db`` or
@@ -64,8 +65,8 @@ def engine_url(url: str) -> str:
     return f"{driver}://{rest}"
 
 
-def lease_metadata(lease_table: str, run_table: str) -> sa.MetaData:
-    """The two tables, as the statements in :mod:`.lease_tables` expect them."""
+def lease_metadata(lease_table: str, run_table: str, replica_table: str) -> sa.MetaData:
+    """The three tables, as the statements in :mod:`.lease_tables` expect them."""
     metadata = sa.MetaData()
     sa.Table(
         lease_table, metadata,
@@ -79,12 +80,21 @@ def lease_metadata(lease_table: str, run_table: str) -> sa.MetaData:
         sa.Column("expires_at", sa.Float(53)),
         sa.Column("transitions", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("last_holder", sa.String(255)),
+        sa.Column("step_down_term", sa.BigInteger),
     )
     sa.Table(
         run_table, metadata,
         sa.Column("lease_name", sa.String(191), primary_key=True),
         sa.Column("entry_name", sa.String(255), primary_key=True),
         sa.Column("record", sa.Text, nullable=False),
+    )
+    sa.Table(
+        replica_table, metadata,
+        sa.Column("lease_name", sa.String(191), primary_key=True),
+        sa.Column("replica", sa.String(255), primary_key=True),
+        sa.Column("record", sa.Text, nullable=False),
+        sa.Column("beat_at", sa.Float(53), nullable=False),
+        sa.Column("expires_at", sa.Float(53), nullable=False),
     )
     return metadata
 
@@ -133,8 +143,8 @@ class SqlLeaseStore(LeaseTables):
         self.engine = engine
         self.paramstyle = "qmark" if engine.dialect.paramstyle == "qmark" else "format"
         preparer = engine.dialect.identifier_preparer
-        super().__init__(name, table, f"{table}_runs", preparer.quote)
-        self.metadata = lease_metadata(self.lease_table, self.run_table)
+        super().__init__(name, table, f"{table}_runs", f"{table}_replicas", preparer.quote)
+        self.metadata = lease_metadata(self.lease_table, self.run_table, self.replica_table)
         self.description = description or maybe_sanitize_url(str(engine.url))
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._tables_ready = False
@@ -180,15 +190,39 @@ class SqlLeaseStore(LeaseTables):
             raise StoreUnavailable(_reason(error)) from error
 
     def create_tables(self) -> None:
-        """Create the lease and run tables unless they exist (safe to race)."""
+        """Create the lease, run and replica tables unless they exist (safe to race).
+
+        Tables made by an earlier version get the nullable columns added since.
+        """
         try:
             self.metadata.create_all(self.engine, checkfirst=True)
         except exc.DBAPIError:
             # Another replica created them between our check and our CREATE.
             inspector = sa.inspect(self.engine)
-            if not all(inspector.has_table(t) for t in (self.lease_table, self.run_table)):
+            tables = (self.lease_table, self.run_table, self.replica_table)
+            if not all(inspector.has_table(t) for t in tables):
                 raise
+        self._add_missing_columns()
         self._tables_ready = True
+
+    def _add_missing_columns(self) -> None:
+        inspector = sa.inspect(self.engine)
+        quote = self.engine.dialect.identifier_preparer.quote
+        for table in self.metadata.sorted_tables:
+            present = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in present or not column.nullable:
+                    continue
+                ddl = (f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(column.name)} "
+                       f"{column.type.compile(self.engine.dialect)}")
+                try:
+                    with self.engine.begin() as connection:
+                        connection.exec_driver_sql(ddl)
+                except exc.DBAPIError:
+                    # Another replica added it first.
+                    columns = sa.inspect(self.engine).get_columns(table.name)
+                    if column.name not in {c["name"] for c in columns}:
+                        raise
 
     def close(self) -> None:
         self.engine.dispose()
