@@ -1,0 +1,496 @@
+"""Failover: K real beat replicas, one fault at a time, against plain Celery beat.
+
+Every trial is one scheduler under one scenario, on its own private
+redis-server (broker and lease store) with K ``celery beat`` replicas running
+a 1 s interval entry and an every-minute crontab entry. Each replica reaches
+the store through its own TcpProxy, so one replica's link can be cut while
+the others keep theirs; the broker is reached directly. A recorder notes every
+published message with its arrival time and headers.
+
+The fault is injected --lead seconds (default 10) before a minute boundary,
+so the crontab run falls due while the cluster is recovering, and the trial is
+judged over a window from PRE_FAULT seconds before the fault to --duration
+seconds after it:
+
+- duplicates: a scheduled run published more than once. 1 s entry: the same
+  ``leaderbeat_scheduled_at`` header twice, or two publishes less than half an
+  interval apart (for schedulers that send no header). Crontab entry: more
+  than one publish for one minute.
+- missed: scheduled runs never published. A stretch of n intervals without a
+  publish of the 1 s entry misses n - 1 runs; a minute boundary in the
+  window without its crontab publish misses one. A stretch that ends with
+  the takeover publish is the takeover window: its runs were caught up.
+- takeover: seconds from the fault to the first publish by another replica
+  (for faults of the store itself: from the store's return to the next publish).
+- publishers/s: the most replicas that published within any one second.
+- exited: replicas whose process ended without being told to.
+
+Scenarios of the same batch run side by side (--parallel), each scheduler's
+trial of a scenario at the same moment. Usage::
+
+    python benchmarks/failover.py                          # every scenario, 3 replicas
+    python benchmarks/failover.py --scenarios kill,pause --replicas 5 --duration 30
+    python benchmarks/failover.py --scheduler mypkg.MyScheduler --baseline none
+
+The exit status is 1 when the measured scheduler (not the baseline) misses a target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Callable
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.common import PLAIN_SCHEDULER, describe_run, parser, print_table
+from celery_leaderbeat.lease import LeaseTiming
+from celery_leaderbeat.replicas import (
+    EVERY_MINUTE,
+    EVERY_SECOND,
+    LEADER_SCHEDULER,
+    BeatCluster,
+    Publish,
+    Replica,
+    duplicate_runs,
+    first_publish_by_another,
+    publishes_closer_than,
+)
+from celery_leaderbeat.testing import RedisServer, TcpProxy, wait_for
+
+INTERVAL = 1.0
+#: Seconds between the fault and the next minute boundary.
+FAULT_LEAD = 10.0
+#: Seconds of normal running judged before the fault.
+PRE_FAULT = 10.0
+#: A crontab minute is only judged when the window goes on this long after it.
+CRON_GRACE = 3.0
+#: Jitter allowed before a stretch without publishes counts as a missed run.
+JITTER = 0.1
+
+
+# -- faults --------------------------------------------------------------------------
+
+
+@dataclass
+class Fault:
+    """What was done and when (monotonic). ``target`` is None for faults of the store."""
+
+    at: float
+    target: Replica | None = None
+    store_back_at: float | None = None
+
+
+class Trial:
+    """One scheduler under one scenario: a private Redis, K proxies to it, K replicas."""
+
+    def __init__(self, scenario: Scenario, scheduler: str, replicas: int,
+                 timing: LeaseTiming, logs: str | None = None) -> None:
+        self.scenario = scenario
+        self.scheduler = scheduler
+        self.timing = timing
+        self._stack = contextlib.ExitStack()
+        self.redis = self._stack.enter_context(RedisServer())
+        self.proxies = [self._stack.enter_context(TcpProxy(self.redis.port))
+                        for _ in range(replicas)]
+        directory = None
+        if logs:
+            short = scheduler.replace(":", ".").rsplit(".", 1)[-1]
+            os.makedirs(logs, exist_ok=True)
+            directory = tempfile.mkdtemp(prefix=f"{scenario.name}-{short}-", dir=logs)
+        self.cluster = BeatCluster(
+            self.redis.url, replicas, scheduler=scheduler, elector=self.redis.url,
+            timing=timing, directory=directory, replica_conf=self._store_route)
+        self._stack.callback(self.cluster.close)
+        self.fault: Fault | None = None
+        self.window = (0.0, 0.0)
+        self.error: BaseException | None = None
+
+    def _store_route(self, index: int) -> dict[str, str]:
+        return {"leaderbeat_elector": f"redis://127.0.0.1:{self.proxies[index - 1].port}/0"}
+
+    @property
+    def outage(self) -> float:
+        """How long a pause or a cut lasts: longer than the lease."""
+        return self.timing.ttl + 3.0
+
+    def start(self) -> Trial:
+        self.cluster.start()
+        return self
+
+    def warm_up(self, timeout: float) -> None:
+        """Wait until the cluster publishes, three runs of the 1 s entry."""
+        wait_for(lambda: len(self.cluster.recorder.publishes(EVERY_SECOND)) >= 3, timeout,
+                 message=f"three runs of {self.scheduler} ({self.scenario.name})")
+
+    def run(self, fault_wall: float, duration: float) -> None:
+        """At ``fault_wall`` (time.time()), inject the fault; observe for ``duration`` s."""
+        try:
+            time.sleep(max(0.0, fault_wall - time.time()))
+            leader = self.cluster.leader_by_publishes()
+            assert leader is not None
+            begin = time.monotonic()
+            self.fault = self.scenario.inject(self, leader)
+            end = self.fault.at + duration
+            self.window = (begin - PRE_FAULT, end)
+            time.sleep(max(0.0, end - time.monotonic()))
+        except BaseException as exc:  # reported with the trial's row
+            self.error = exc
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+def no_fault(trial: Trial, leader: Replica) -> Fault:
+    return Fault(time.monotonic())
+
+
+def kill_leader(trial: Trial, leader: Replica) -> Fault:
+    return Fault(leader.kill(), leader)
+
+
+def terminate_leader(trial: Trial, leader: Replica) -> Fault:
+    return Fault(leader.terminate(), leader)
+
+
+def pause_leader(trial: Trial, leader: Replica) -> Fault:
+    at = leader.pause()
+    time.sleep(trial.outage)
+    leader.resume()
+    return Fault(at, leader)
+
+
+def cut_leader(trial: Trial, leader: Replica) -> Fault:
+    proxy = trial.proxies[leader.index - 1]
+    at = time.monotonic()
+    proxy.cut()
+    time.sleep(trial.outage)
+    proxy.restore()
+    return Fault(at, leader)
+
+
+def restart_redis(trial: Trial, leader: Replica) -> Fault:
+    at = time.monotonic()
+    trial.redis.restart()  # no persistence: lease, history and queues are gone
+    return Fault(at, store_back_at=time.monotonic())
+
+
+def cut_everyone(trial: Trial, leader: Replica) -> Fault:
+    at = time.monotonic()
+    for proxy in trial.proxies:
+        proxy.cut()
+    time.sleep(trial.outage)
+    back_at = time.monotonic()
+    for proxy in trial.proxies:
+        proxy.restore()
+    return Fault(at, store_back_at=back_at)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    about: str
+    inject: Callable[[Trial, Replica], Fault]
+    #: The takeover target for the given timing, if the issue sets one.
+    bound: Callable[[LeaseTiming], float | None] = lambda timing: None
+
+
+def crash_bound(timing: LeaseTiming) -> float:
+    return timing.ttl + timing.retry_interval + 1.0
+
+
+def graceful_bound(timing: LeaseTiming) -> float:
+    return timing.retry_interval + 1.0
+
+
+SCENARIOS = {s.name: s for s in [
+    Scenario("steady", "no fault", no_fault),
+    Scenario("kill", "kill -9 of the leader", kill_leader, crash_bound),
+    Scenario("term", "SIGTERM of the leader", terminate_leader, graceful_bound),
+    Scenario("pause", "SIGSTOP of the leader for TTL + 3 s, then SIGCONT", pause_leader,
+             crash_bound),
+    Scenario("cut", "the leader's link to the store cut for TTL + 3 s", cut_leader,
+             crash_bound),
+    Scenario("restart", "redis-server restarted, all data lost", restart_redis),
+    Scenario("cut-all", "the store unreachable from every replica for TTL + 3 s",
+             cut_everyone),
+]}
+
+
+# -- judging what was published -------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """The numbers of one trial, and the targets it missed."""
+
+    scenario: str
+    scheduler: str
+    published: int
+    duplicates: int
+    missed: int
+    takeover: float | None
+    bound: float | None
+    most_publishers: int
+    exited: list[str]
+    #: Publishes by the faulted replica after the fault (kill, pause, cut: must be none).
+    by_faulted: int = 0
+    #: Minute boundaries in the window, at which the crontab entry was judged.
+    minutes_judged: int = 0
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def misses(self) -> list[str]:
+        """The targets this trial missed, in words; empty when it met all of them."""
+        found = []
+        if self.error:
+            found.append(f"trial failed: {self.error}")
+        if self.duplicates:
+            found.append(f"{self.duplicates} duplicate(s)")
+        if self.missed:
+            found.append(f"{self.missed} missed run(s)")
+        if self.bound is not None and (self.takeover is None or self.takeover > self.bound):
+            took = "none" if self.takeover is None else f"{self.takeover:.2f}s"
+            found.append(f"takeover {took} over {self.bound:.1f}s")
+        if self.exited:
+            found.append(f"exited by itself: {', '.join(self.exited)}")
+        return found
+
+
+def interval_repeats(publishes: Sequence[Publish], interval: float) -> set[str]:
+    """Task ids of runs of one interval entry published again: same scheduled
+    time, or less than half an interval after the previous publish."""
+    extra = {p.task_id for sent in duplicate_runs(publishes).values() for p in sent[1:]}
+    return extra | {later.task_id for _, later in publishes_closer_than(publishes, interval / 2)}
+
+
+def minute_of(p: Publish) -> int:
+    """The crontab minute a publish is for: its scheduled time, else its arrival."""
+    if p.scheduled_at is not None:
+        return round(datetime.fromisoformat(p.scheduled_at).timestamp() / 60)
+    return math.floor(p.wall / 60)
+
+
+def crontab_duplicates(publishes: Iterable[Publish]) -> int:
+    minutes: dict[int, int] = {}
+    for p in publishes:
+        minutes[minute_of(p)] = minutes.get(minute_of(p), 0) + 1
+    return sum(count - 1 for count in minutes.values())
+
+
+def interval_missed(publishes: Sequence[Publish], window: tuple[float, float],
+                    excused: tuple[float, float] | None, interval: float) -> int:
+    """Runs missed in the window, from the stretches without a publish.
+
+    A stretch overlapping ``excused`` (fault to takeover) that ends with a
+    publish by the end of it is the takeover: its runs were caught up.
+    """
+    repeats = interval_repeats(publishes, interval)
+    kept = [p for p in publishes if p.task_id not in repeats]
+    times = [window[0], *sorted(p.mono for p in kept), window[1]]
+    missed = 0
+    for start, end in zip(times, times[1:]):
+        if excused and start <= excused[1] and end >= excused[0] and end <= excused[1] + 1e-6:
+            continue
+        missed += max(0, math.floor((end - start) / interval - JITTER) - 1)
+    return missed
+
+
+def judged_minutes(window_wall: tuple[float, float]) -> range:
+    """The minute boundaries in the window with time to spare after them (minutes since 1970)."""
+    return range(math.floor(window_wall[0] / 60) + 1,
+                 math.floor((window_wall[1] - CRON_GRACE) / 60) + 1)
+
+
+def crontab_missed(publishes: Iterable[Publish], window_wall: tuple[float, float]) -> int:
+    """Judged minute boundaries without a publish for their minute."""
+    seen = {minute_of(p) for p in publishes}
+    return sum(1 for minute in judged_minutes(window_wall) if minute not in seen)
+
+
+def most_publishers(publishes: Sequence[Publish]) -> int:
+    """The most distinct processes that published within any one second."""
+    ordered = sorted(publishes, key=lambda p: p.mono)
+    most = 0
+    for i, p in enumerate(ordered):
+        pids = {q.pid for q in ordered[i:] if q.mono < p.mono + 1.0}
+        most = max(most, len(pids))
+    return most
+
+
+def judge(trial: Trial) -> Outcome:
+    """Turn what the recorder saw during the trial's window into an Outcome."""
+    name = trial.scenario.name
+    bound = trial.scenario.bound(trial.timing)
+    exited = [r.identity for r in trial.cluster.exited_by_themselves()]
+    fault = trial.fault
+    if fault is None:
+        return Outcome(name, trial.scheduler, 0, 0, 0, None, bound, 0, exited,
+                       error=repr(trial.error))
+    begin, end = trial.window
+    sent = [p for p in trial.cluster.recorder.publishes() if begin <= p.mono <= end]
+    every_second = [p for p in sent if p.task == EVERY_SECOND]
+    every_minute = [p for p in sent if p.task == EVERY_MINUTE]
+
+    takeover_publish, took_from = None, fault.at
+    if fault.target is not None:
+        takeover_publish = first_publish_by_another(sent, fault.at, fault.target.pids)
+    elif fault.store_back_at is not None:
+        took_from = fault.store_back_at
+        takeover_publish = first_publish_by_another(sent, took_from, [])
+    takeover = takeover_publish.mono - took_from if takeover_publish else None
+    excused = (fault.at, takeover_publish.mono) if takeover_publish else None
+
+    offset = time.time() - time.monotonic()  # monotonic -> wall, for the crontab minutes
+    window_wall = (begin + offset, end + offset)
+    by_faulted = 0
+    if fault.target is not None and fault.target.pid is not None:
+        by_faulted = sum(1 for p in sent if p.mono > fault.at and p.pid in fault.target.pids)
+    return Outcome(
+        scenario=name,
+        scheduler=trial.scheduler,
+        published=len(sent),
+        duplicates=(len(interval_repeats(every_second, INTERVAL))
+                    + crontab_duplicates(every_minute)),
+        missed=(interval_missed(every_second, (begin, end), excused, INTERVAL)
+                + crontab_missed(every_minute, window_wall)),
+        takeover=takeover,
+        bound=bound,
+        most_publishers=most_publishers(sent),
+        exited=exited,
+        by_faulted=by_faulted,
+        minutes_judged=len(judged_minutes(window_wall)),
+        error=repr(trial.error) if trial.error else None,
+    )
+
+
+# -- running batches of trials ---------------------------------------------------------
+
+
+def next_fault_time(earliest: float, lead: float = FAULT_LEAD) -> float:
+    """The first moment ``lead`` seconds before a minute boundary, at or after ``earliest``."""
+    return (math.floor((earliest + lead) / 60) + 1) * 60 - lead
+
+
+def run_batch(scenarios: Sequence[Scenario], schedulers: Sequence[str], replicas: int,
+              timing: LeaseTiming, duration: float, logs: str | None = None,
+              on_trial: Callable[[Trial], None] | None = None,
+              lead: float = FAULT_LEAD) -> list[Outcome]:
+    """Run every scheduler under every scenario at once, faults at one shared moment."""
+    trials: list[Trial] = []
+    try:
+        for scenario in scenarios:
+            for scheduler in schedulers:
+                trials.append(Trial(scenario, scheduler, replicas, timing, logs).start())
+        for trial in trials:
+            trial.warm_up(90)
+        fault_wall = next_fault_time(time.time() + PRE_FAULT + 1.0, lead)
+        threads = [threading.Thread(target=t.run, args=(fault_wall, duration), daemon=True)
+                   for t in trials]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        outcomes = [judge(trial) for trial in trials]
+        if on_trial is not None:
+            for trial in trials:
+                on_trial(trial)
+        return outcomes
+    finally:
+        for trial in trials:  # ask every replica to stop at once, then wait
+            for replica in trial.cluster.replicas:
+                replica.begin_stop()
+        for trial in trials:
+            trial.close()
+
+
+def row(outcome: Outcome) -> list[str]:
+    takeover = "-" if outcome.takeover is None else f"{outcome.takeover:.2f}"
+    if outcome.bound is not None:
+        takeover += f" (<= {outcome.bound:.1f})"
+    return [
+        outcome.scenario,
+        outcome.scheduler,
+        str(outcome.published),
+        str(outcome.duplicates),
+        str(outcome.missed),
+        takeover,
+        str(outcome.most_publishers),
+        ", ".join(outcome.exited) or "no",
+    ]
+
+
+HEADERS = ["scenario", "scheduler", "published", "duplicates", "missed", "takeover s",
+           "publishers/s", "exited by itself"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_parser = parser(__doc__)
+    args_parser.add_argument("--scheduler", default=LEADER_SCHEDULER,
+                             help="dotted path of the scheduler measured against the targets")
+    args_parser.add_argument("--baseline", default=PLAIN_SCHEDULER,
+                             help="scheduler run alongside for comparison, or 'none'")
+    args_parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+                             help=f"comma-separated, from: {', '.join(SCENARIOS)}")
+    args_parser.add_argument("--replicas", type=int, default=3)
+    args_parser.add_argument("--duration", type=float, default=20.0,
+                             help="seconds judged after each fault (default 20)")
+    args_parser.add_argument("--parallel", type=int, default=4,
+                             help="scenarios run side by side (default 4)")
+    args_parser.add_argument("--lead", type=float, default=FAULT_LEAD,
+                             help="seconds from each fault to the next minute boundary "
+                             f"(default {FAULT_LEAD:.0f})")
+    args_parser.add_argument("--logs", help="keep every replica's log under this directory")
+    args = args_parser.parse_args(argv)
+
+    names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        args_parser.error(f"unknown scenario(s) {unknown}; known: {', '.join(SCENARIOS)}")
+    if args.duration < args.lead + CRON_GRACE:
+        args_parser.error(f"--duration must be at least {args.lead + CRON_GRACE:.0f}s, "
+                          "so the minute boundary after the fault is judged")
+    schedulers = [args.scheduler]
+    if args.baseline.lower() != "none":
+        schedulers.append(args.baseline)
+    timing = LeaseTiming()
+
+    with RedisServer() as probe:
+        describe_run("Failover", probe)
+    print(f"{args.replicas} replicas per trial; lease ttl {timing.ttl}s, renew "
+          f"{timing.renew_interval}s, retry {timing.retry_interval}s; judged from "
+          f"{PRE_FAULT:.0f}s before each fault to {args.duration:.0f}s after; faults "
+          f"{args.lead:g}s before a minute boundary.\n", flush=True)
+
+    scenarios = [SCENARIOS[n] for n in names]
+    outcomes: list[Outcome] = []
+    for i in range(0, len(scenarios), max(1, args.parallel)):
+        batch = scenarios[i:i + max(1, args.parallel)]
+        print(f"(running {', '.join(s.name for s in batch)})", file=sys.stderr, flush=True)
+        outcomes += run_batch(batch, schedulers, args.replicas, timing, args.duration,
+                              args.logs, lead=args.lead)
+
+    print_table(HEADERS, [row(o) for o in outcomes])
+    failed = False
+    for outcome in outcomes:
+        if outcome.scheduler != args.scheduler:
+            continue
+        misses = outcome.misses()
+        if misses:
+            failed = True
+            print(f"- {outcome.scenario}: MISSED TARGET: {'; '.join(misses)}")
+    if not failed:
+        print(f"{args.scheduler}: every target met.")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
