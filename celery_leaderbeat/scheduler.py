@@ -59,12 +59,14 @@ class LeaderSchedulerMixin:
     #: Standbys keep a local shadow of the schedule (see _shadow_tick). Schedulers
     #: whose own state is shared between replicas (a database) set this to False.
     shadow_standby = True
+    #: Elector URL used when leaderbeat_elector is unset (None: broker's Redis, else a file lock).
+    default_elector: str | None = None
     _shadowing = False
     _shadow_next = 0.0  # monotonic time of the shadow's next due run
 
     def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
         self.leader_settings = LeaderSettings.from_app(app)
-        choice = choose_elector(self.leader_settings)
+        choice = choose_elector(self.leader_settings, default=self.default_elector)
         self.elector: Elector = choice.elector
         self._elector_chosen_implicitly = choice.implicit
         self._leading = False
@@ -87,6 +89,10 @@ class LeaderSchedulerMixin:
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """Ask the elector, then dispatch as the base scheduler would, or stand by."""
+        if self._closed:
+            # Closed by beat's SIGTERM handler, whose SystemExit was lost in the
+            # call it interrupted (an elector swallowing what that call raised).
+            raise SystemExit()
         self._announce()
         retry = self.leader_settings.timing.retry_interval
         leading = self._ask_timed()

@@ -293,7 +293,10 @@ class RedisLeaseStore:
         return StepDownRequest(_text(held[0]), int(held[1])) if held else None
 
     def close(self) -> None:
-        self.client.close()
+        # Leave a connection in use alone: beat's SIGTERM handler closes us while
+        # the call it interrupted may still be reading on it, and tearing that
+        # down would turn the handler's SystemExit into a ValueError.
+        self.client.connection_pool.disconnect(inuse_connections=False)
 
     def __repr__(self) -> str:
         return f"RedisLeaseStore({self.description}, name={self.name!r})"
