@@ -27,6 +27,7 @@ __all__ = [
     "LEADER_SCHEDULER",
     "PLAIN_SCHEDULER",
     "RABBITMQ_URL",
+    "REPO_ROOT",
     "RedisServer",
     "broker_reachable",
     "celery_app",
@@ -40,6 +41,9 @@ __all__ = [
     "private_redis",
     "unique",
 ]
+
+#: The repository's root: on a replica's PYTHONPATH, so ``benchmarks.*`` schedulers import.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #: The shared RabbitMQ on loopback (guest/guest is its default account).
 RABBITMQ_URL = os.environ.get("LEADERBEAT_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")

@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import (
     LEADER_SCHEDULER,
     PLAIN_SCHEDULER,
+    REPO_ROOT,
     cpu_seconds,
     describe_run,
     parser,
@@ -38,7 +39,6 @@ from celery_leaderbeat import LeaderScheduler
 from celery_leaderbeat.replicas import BeatCluster, Replica
 from celery_leaderbeat.testing import wait_for
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NO_SHADOW_SCHEDULER = "benchmarks.idle_cost:NoShadowLeaderScheduler"
 
 
@@ -73,7 +73,7 @@ def main() -> None:
         clusters = {
             "leader": BeatCluster(redis.url, 2, scheduler=LEADER_SCHEDULER, schedule=schedule),
             "no-shadow": BeatCluster(redis.url, 2, scheduler=NO_SHADOW_SCHEDULER,
-                                     schedule=schedule, pythonpath=[ROOT]),
+                                     schedule=schedule, pythonpath=[REPO_ROOT]),
             "plain": BeatCluster(redis.url, 1, scheduler=PLAIN_SCHEDULER, schedule=schedule),
         }
         try:

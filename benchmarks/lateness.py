@@ -28,6 +28,7 @@ from celery.beat import PersistentScheduler
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import (
+    REPO_ROOT,
     describe_run,
     milliseconds,
     parser,
@@ -38,7 +39,6 @@ from benchmarks.common import (
 from celery_leaderbeat import LeaderScheduler
 from celery_leaderbeat.replicas import BeatCluster
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOG_SETTING = "bench_lateness_log"
 TARGET = 0.010
 
@@ -86,10 +86,10 @@ def main() -> None:
         describe_run("Dispatch lateness", redis)
         logs = {kind: os.path.join(directory, f"{kind}.log") for kind in ("leader", "plain")}
         clusters = {
-            "leader": BeatCluster(redis.url, 2, schedule=schedule, pythonpath=[ROOT],
+            "leader": BeatCluster(redis.url, 2, schedule=schedule, pythonpath=[REPO_ROOT],
                                   scheduler="benchmarks.lateness:LatenessLeaderScheduler",
                                   conf={LOG_SETTING: logs["leader"]}),
-            "plain": BeatCluster(redis.url, 1, schedule=schedule, pythonpath=[ROOT],
+            "plain": BeatCluster(redis.url, 1, schedule=schedule, pythonpath=[REPO_ROOT],
                                  scheduler="benchmarks.lateness:LatenessPlainScheduler",
                                  conf={LOG_SETTING: logs["plain"]}),
         }
