@@ -104,9 +104,14 @@ def default_file_path(lease_name: str) -> str:
     return os.path.join(tempfile.gettempdir(), "celery-leaderbeat", f"{lease_name}.lock")
 
 
-def choose_elector(settings: LeaderSettings) -> ElectorChoice:
-    """Build the elector the settings ask for; raise ImproperlyConfigured if they can't."""
+def choose_elector(settings: LeaderSettings, default: str | None = None) -> ElectorChoice:
+    """Build the elector the settings ask for; raise ImproperlyConfigured if they can't.
+
+    ``default`` (a URL), when given, is used if the setting is unset.
+    """
     value = settings.elector
+    if value is None and default is not None:
+        return ElectorChoice(_explicit(default, settings), implicit=True)
     if value is None:
         broker = settings.broker_url or ""
         scheme = _scheme_of(broker)

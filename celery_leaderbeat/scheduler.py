@@ -59,12 +59,14 @@ class LeaderSchedulerMixin:
     #: Standbys keep a local shadow of the schedule (see _shadow_tick). Schedulers
     #: whose own state is shared between replicas (a database) set this to False.
     shadow_standby = True
+    #: Elector URL used when leaderbeat_elector is unset (None: broker's Redis, else a file lock).
+    default_elector: str | None = None
     _shadowing = False
     _shadow_next = 0.0  # monotonic time of the shadow's next due run
 
     def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
         self.leader_settings = LeaderSettings.from_app(app)
-        choice = choose_elector(self.leader_settings)
+        choice = choose_elector(self.leader_settings, default=self.default_elector)
         self.elector: Elector = choice.elector
         self._elector_chosen_implicitly = choice.implicit
         self._leading = False

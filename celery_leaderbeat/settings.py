@@ -107,6 +107,21 @@ SETTINGS = {
             "Serve Prometheus metrics over HTTP on this port (all interfaces unless an "
             "address is given). Needs celery-leaderbeat[metrics]. Unset: no metrics.",
         ),
+        Setting(
+            "leaderbeat_sql_table",
+            "leaderbeat_lease",
+            "a table name of letters, digits and _ (at most 50), starting with a letter or _",
+            "SQL electors (postgresql://, mysql://, sqlite://): the lease table, created on "
+            "first use; run history and replica registry go in '<name>_runs' and "
+            "'<name>_replicas' beside it.",
+        ),
+        Setting(
+            "leaderbeat_sql_engine_options",
+            None,
+            "a dict of sqlalchemy.create_engine keyword arguments",
+            "SQL electors: options for the SQLAlchemy engine (pool, connect_args, ...), "
+            "merged over short connect and lock timeouts.",
+        ),
     )
 }
 
@@ -135,6 +150,7 @@ def _number(conf: Mapping[str, Any], key: str) -> float:
 
 
 _NAME = re.compile(r"^[A-Za-z0-9._:\-]+$")
+_SQL_TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,49}$")
 
 
 def default_identity() -> str:
@@ -153,6 +169,8 @@ class LeaderSettings:
     catch_up: str = "once"
     broker_url: str | None = None
     metrics_address: tuple[str, int] | None = None
+    sql_table: str = "leaderbeat_lease"
+    sql_engine_options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_app(cls, app: Any, identity: Callable[[], str] | None = None) -> LeaderSettings:
@@ -182,6 +200,14 @@ class LeaderSettings:
         if catch_up not in CATCH_UP_POLICIES:
             improperly_configured("leaderbeat_catch_up", f"got {catch_up!r}")
 
+        sql_table = conf.get("leaderbeat_sql_table") or SETTINGS["leaderbeat_sql_table"].default
+        if not isinstance(sql_table, str) or not _SQL_TABLE.match(sql_table):
+            improperly_configured("leaderbeat_sql_table", f"got {sql_table!r}")
+
+        sql_engine_options = conf.get("leaderbeat_sql_engine_options") or {}
+        if not isinstance(sql_engine_options, Mapping):
+            improperly_configured("leaderbeat_sql_engine_options", f"got {sql_engine_options!r}")
+
         return cls(
             elector=conf.get("leaderbeat_elector"),
             lease_name=lease_name,
@@ -191,6 +217,8 @@ class LeaderSettings:
             catch_up=catch_up,
             broker_url=_first_broker_url(getattr(conf, "broker_url", None)),
             metrics_address=_metrics_address(conf.get("leaderbeat_metrics_port")),
+            sql_table=sql_table,
+            sql_engine_options=dict(sql_engine_options),
         )
 
 
