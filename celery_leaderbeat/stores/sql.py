@@ -129,6 +129,10 @@ class _Connection:
         return [tuple(row) for row in self.connection.exec_driver_sql(sql, tuple(params))]
 
 
+#: create_all attempts when racing other replicas that create the same tables.
+CREATE_ATTEMPTS = 5
+
+
 class SqlLeaseStore(LeaseTables):
     """A lease and its run history in two tables of one SQL database."""
 
@@ -194,14 +198,15 @@ class SqlLeaseStore(LeaseTables):
 
         Tables made by an earlier version get the nullable columns added since.
         """
-        try:
-            self.metadata.create_all(self.engine, checkfirst=True)
-        except exc.DBAPIError:
-            # Another replica created them between our check and our CREATE.
-            inspector = sa.inspect(self.engine)
-            tables = (self.lease_table, self.run_table, self.replica_table)
-            if not all(inspector.has_table(t) for t in tables):
-                raise
+        for attempt in range(CREATE_ATTEMPTS):
+            try:
+                self.metadata.create_all(self.engine, checkfirst=True)
+                break
+            except exc.DBAPIError:
+                # Another replica created one of them between our check and our
+                # CREATE; each attempt skips the tables that exist by now.
+                if attempt == CREATE_ATTEMPTS - 1:
+                    raise
         self._add_missing_columns()
         self._tables_ready = True
 
