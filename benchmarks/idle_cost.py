@@ -9,7 +9,9 @@ is extrapolated to an hour.
 
 Processes: two LeaderScheduler replicas (one leads, one stands by and
 shadows the schedule, the default), two more with ``shadow_standby`` off
-(to show what shadowing costs), and one plain ``PersistentScheduler``.
+(to show what shadowing costs), two whose standby retries every 1.5 s
+instead of 0.5 s (what the retry pace costs), and one plain
+``PersistentScheduler``.
 Targets: the leader within 10 % of plain beat; a standby below the leader.
 
     python benchmarks/idle_cost.py                 # 60 s window
@@ -36,10 +38,13 @@ from benchmarks.common import (
     private_redis,
 )
 from celery_leaderbeat import LeaderScheduler
+from celery_leaderbeat.lease import LeaseTiming
 from celery_leaderbeat.replicas import BeatCluster, Replica
 from celery_leaderbeat.testing import wait_for
 
 NO_SHADOW_SCHEDULER = "benchmarks.idle_cost:NoShadowLeaderScheduler"
+#: Standbys that try as often as the leader renews (graceful handover then takes up to 1.5 s).
+SLOW_RETRY = LeaseTiming(retry_interval=1.5)
 
 
 class NoShadowLeaderScheduler(LeaderScheduler):
@@ -74,6 +79,8 @@ def main() -> None:
             "leader": BeatCluster(redis.url, 2, scheduler=LEADER_SCHEDULER, schedule=schedule),
             "no-shadow": BeatCluster(redis.url, 2, scheduler=NO_SHADOW_SCHEDULER,
                                      schedule=schedule, pythonpath=[REPO_ROOT]),
+            "slow-retry": BeatCluster(redis.url, 2, scheduler=LEADER_SCHEDULER,
+                                      schedule=schedule, timing=SLOW_RETRY),
             "plain": BeatCluster(redis.url, 1, scheduler=PLAIN_SCHEDULER, schedule=schedule),
         }
         try:
@@ -81,12 +88,14 @@ def main() -> None:
                 cluster.start()
             leader, standby = leader_and_standby(clusters["leader"], 60)
             _, quiet_standby = leader_and_standby(clusters["no-shadow"], 60)
+            _, slow_standby = leader_and_standby(clusters["slow-retry"], 60)
             plain = clusters["plain"].replicas[0]
             measured = [
                 ("plain beat", "PersistentScheduler", plain),
                 ("leader", "LeaderScheduler", leader),
                 ("standby (shadowing, default)", "LeaderScheduler", standby),
                 ("standby (shadow_standby off)", "NoShadowLeaderScheduler", quiet_standby),
+                ("standby (retry every 1.5 s)", "LeaderScheduler", slow_standby),
             ]
             time.sleep(options.warmup)  # start-up work (imports, first ticks) is not idle cost
             before = {label: cpu_seconds(r.pid or 0) for label, _, r in measured}
