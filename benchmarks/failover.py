@@ -13,9 +13,9 @@ judged over a window from PRE_FAULT seconds before the fault to --duration
 seconds after it:
 
 - duplicates: a scheduled run published more than once. 1 s entry: the same
-  ``leaderbeat_scheduled_at`` header twice, or two publishes less than half an
-  interval apart (for schedulers that send no header). Crontab entry: more
-  than one publish for one minute.
+  ``leaderbeat_scheduled_at`` header twice, or a publish less than 3/4 of an
+  interval after the last run counted (this also catches schedulers that send
+  no header). Crontab entry: more than one publish for one minute.
 - missed: scheduled runs never published. A stretch of n intervals without a
   publish of the 1 s entry misses n - 1 runs; a minute boundary in the
   window without its crontab publish misses one. A stretch that ends with
@@ -45,7 +45,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Callable
 
@@ -62,7 +62,6 @@ from celery_leaderbeat.replicas import (
     Replica,
     duplicate_runs,
     first_publish_by_another,
-    publishes_closer_than,
 )
 from celery_leaderbeat.testing import RedisServer, TcpProxy, wait_for
 
@@ -75,6 +74,8 @@ PRE_FAULT = 10.0
 CRON_GRACE = 3.0
 #: Jitter allowed before a stretch without publishes counts as a missed run.
 JITTER = 0.1
+#: A publish of the 1 s entry this many intervals after the last run counted repeats it.
+REPEAT_GAP = 0.75
 
 
 # -- faults --------------------------------------------------------------------------
@@ -97,19 +98,20 @@ class Trial:
         self.scenario = scenario
         self.scheduler = scheduler
         self.timing = timing
-        self._stack = contextlib.ExitStack()
-        self.redis = self._stack.enter_context(RedisServer())
-        self.proxies = [self._stack.enter_context(TcpProxy(self.redis.port))
-                        for _ in range(replicas)]
-        directory = None
-        if logs:
-            short = scheduler.replace(":", ".").rsplit(".", 1)[-1]
-            os.makedirs(logs, exist_ok=True)
-            directory = tempfile.mkdtemp(prefix=f"{scenario.name}-{short}-", dir=logs)
-        self.cluster = BeatCluster(
-            self.redis.url, replicas, scheduler=scheduler, elector=self.redis.url,
-            timing=timing, directory=directory, replica_conf=self._store_route)
-        self._stack.callback(self.cluster.close)
+        with contextlib.ExitStack() as stack:  # undone unless every part started
+            self.redis = stack.enter_context(RedisServer())
+            self.proxies = [stack.enter_context(TcpProxy(self.redis.port))
+                            for _ in range(replicas)]
+            directory = None
+            if logs:
+                short = scheduler.replace(":", ".").rsplit(".", 1)[-1]
+                os.makedirs(logs, exist_ok=True)
+                directory = tempfile.mkdtemp(prefix=f"{scenario.name}-{short}-", dir=logs)
+            self.cluster = BeatCluster(
+                self.redis.url, replicas, scheduler=scheduler, elector=self.redis.url,
+                timing=timing, directory=directory, replica_conf=self._store_route)
+            stack.callback(self.cluster.close)
+            self._stack = stack.pop_all()
         self.fault: Fault | None = None
         self.window = (0.0, 0.0)
         self.error: BaseException | None = None
@@ -246,7 +248,6 @@ class Outcome:
     #: Minute boundaries in the window, at which the crontab entry was judged.
     minutes_judged: int = 0
     error: str | None = None
-    notes: list[str] = field(default_factory=list)
 
     def misses(self) -> list[str]:
         """The targets this trial missed, in words; empty when it met all of them."""
@@ -266,10 +267,23 @@ class Outcome:
 
 
 def interval_repeats(publishes: Sequence[Publish], interval: float) -> set[str]:
-    """Task ids of runs of one interval entry published again: same scheduled
-    time, or less than half an interval after the previous publish."""
-    extra = {p.task_id for sent in duplicate_runs(publishes).values() for p in sent[1:]}
-    return extra | {later.task_id for _, later in publishes_closer_than(publishes, interval / 2)}
+    """Task ids of runs of one interval entry published again.
+
+    A repeat has the scheduled time of an earlier publish, or arrives less
+    than REPEAT_GAP intervals after the last run counted. One scheduler never
+    sends an interval entry sooner than an interval after its last send, so
+    anything closer is another replica sending the same run.
+    """
+    repeats = {p.task_id for sent in duplicate_runs(publishes).values() for p in sent[1:]}
+    counted: float | None = None
+    for p in sorted(publishes, key=lambda p: p.mono):
+        if p.task_id in repeats:
+            continue
+        if counted is not None and p.mono - counted < REPEAT_GAP * interval:
+            repeats.add(p.task_id)
+        else:
+            counted = p.mono
+    return repeats
 
 
 def minute_of(p: Publish) -> int:

@@ -4,8 +4,8 @@ Every scenario of ``benchmarks/failover.py`` runs once, side by side: its own
 private redis-server, three real ``celery beat`` replicas each reaching the
 store through their own proxy, and the fault injected at one shared moment
 10 s before a minute boundary, so the crontab entry falls due during the
-recovery. The whole batch takes about one to two minutes (most of it waiting
-for the minute boundary); the tests below only judge what it recorded.
+recovery. The whole batch takes one to two minutes (most of it waiting for
+the minute boundary); the tests below only judge what it recorded.
 
 Targets with the default lease timing (5 s TTL, 0.5 s retry): no duplicate
 and no missed run in any scenario, takeover within TTL + retry + 1 s after a
@@ -107,9 +107,10 @@ def test_another_replica_takes_over_within_the_bound(results: Results, scenario:
 @pytest.mark.parametrize("scenario", ["restart", "cut-all"])
 def test_dispatch_resumes_once_the_store_is_back(results: Results, scenario: str) -> None:
     outcome = results(scenario)
-    # No target in the issue: within a standby's retry, plus a second of slack.
+    # The issue sets no target here; no slower than a crash. Measured: 0.01 to 1.2 s
+    # (the old leader notices at its next claim, up to one interval later, then retries).
     assert outcome.takeover is not None, results.logs[scenario]
-    assert outcome.takeover <= TIMING.retry_interval + 1.0, results.logs[scenario]
+    assert outcome.takeover <= failover.crash_bound(TIMING), results.logs[scenario]
 
 
 @pytest.mark.parametrize("scenario", ["kill", "term", "pause", "cut"])
