@@ -28,7 +28,7 @@ import pytest
 
 from celery_leaderbeat.lease import LeaseTiming
 from celery_leaderbeat.replicas import LEADER_SCHEDULER
-from celery_leaderbeat.stores.redis import RedisLeaseStore
+from celery_leaderbeat.stores.redis import DEFAULT_CLIENT_OPTIONS, RedisLeaseStore
 from celery_leaderbeat.testing import RedisServer, TcpProxy
 
 pytestmark = [pytest.mark.processes, pytest.mark.timeout(420)]
@@ -127,6 +127,25 @@ def test_one_publisher_at_a_time(results: Results, scenario: str) -> None:
 @pytest.mark.parametrize("scenario", ALL)
 def test_no_replica_exits_by_itself(results: Results, scenario: str) -> None:
     assert results(scenario).exited == [], results.logs[scenario]
+
+
+def test_a_cut_proxy_passes_nothing_and_delivers_nothing_late(
+        redis_server: RedisServer, lease_name: str) -> None:
+    import redis
+
+    direct = redis_server.client()
+    with TcpProxy(redis_server.port) as proxy:
+        client = redis.Redis(port=proxy.port, **DEFAULT_CLIENT_OPTIONS)
+        assert client.ping()
+        proxy.cut()
+        with pytest.raises(redis.TimeoutError):
+            client.set(lease_name, "sent during the cut")
+        late = redis.Redis(port=proxy.port, **DEFAULT_CLIENT_OPTIONS)
+        with pytest.raises(redis.TimeoutError):  # new connections are cut off too
+            late.ping()
+        proxy.restore()
+        assert client.ping() and late.ping()
+        assert direct.get(lease_name) is None  # what was sent meanwhile is lost
 
 
 # -- SIGTERM while a store call hangs ---------------------------------------------------
