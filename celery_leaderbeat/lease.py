@@ -237,6 +237,10 @@ class LeaseElector:
             return 0.0
         return max(0.0, min(self._renew_at, self._deadline) - self._clock())
 
+    def seconds_until_next_attempt(self) -> float:
+        """How long a standby may sleep before its next acquire attempt is allowed."""
+        return max(0.0, self._next_attempt - self._clock())
+
     def claim(self, runs: Mapping[str, str]) -> None:
         """Record runs in the store, fenced by our term; raise FencedOut if refused.
 

@@ -99,7 +99,7 @@ class LeaderSchedulerMixin:
         if self._beat_heart(leading):  # stepped down on request: a standby now
             return retry
         if not leading:
-            return min(retry, self._shadow_tick(*args, **kwargs))
+            return min(self._time_until_next_attempt(), self._shadow_tick(*args, **kwargs))
         try:
             if self._needs_takeover:
                 self.adopt_shared_history()
@@ -234,6 +234,13 @@ class LeaderSchedulerMixin:
         self._observed = seen
         signals.leader_observed.send(
             sender=self, leader=held.holder, leader_term=held.term, **self._signal_args())
+
+    def _time_until_next_attempt(self) -> float:
+        """Wake exactly when the elector may try again: waking just before would
+        waste the wake-up and delay the attempt by a whole retry interval."""
+        if isinstance(self.elector, LeaseElector):
+            return self.elector.seconds_until_next_attempt()
+        return self.leader_settings.timing.retry_interval
 
     def _time_until_renewal(self) -> float:
         if isinstance(self.elector, LeaseElector):

@@ -160,6 +160,37 @@ def test_a_standby_comes_back_after_the_retry_interval(
     assert [beat.tick() for _ in range(3)] == [0.7, 0.7, 0.7]
 
 
+def test_a_standby_tries_once_per_retry_interval_even_when_its_shadow_wakes_it(
+        make_app: Callable[..., Celery], make_scheduler: Callable[..., Any],
+        redis_server: RedisServer, lease_name: str) -> None:
+    """Sleeping as tick() says, a standby attempts every retry interval, no slower.
+
+    Its shadow wakes it between attempts (here a 0.35 s entry against a 0.5 s
+    retry); a wake-up just before the next allowed attempt must not push that
+    attempt back by a whole retry interval.
+    """
+    holder = LeaseElector(RedisLeaseStore.from_url(redis_server.url, lease_name),
+                          identity="holder", timing=LeaseTiming(ttl=30, renew_interval=10))
+    assert holder.is_leader()
+    b = make_scheduler(make_app(beat_schedule={"fast": every(0.35)},
+                                leaderbeat_retry_interval=0.5), "b")
+    attempts: list[float] = []
+    acquire = b.elector.store.acquire
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        attempts.append(time.monotonic())
+        return acquire(*args, **kwargs)
+
+    b.elector.store.acquire = counted
+    end = time.monotonic() + 4.0
+    while time.monotonic() < end:  # what celery.beat.Service.start does
+        time.sleep(max(0.0, b.tick()))
+    gaps = [later - earlier for earlier, later in zip(attempts, attempts[1:])]
+    assert len(attempts) >= 7, gaps
+    assert max(gaps) < 0.5 + 0.15, gaps
+    holder.release()
+
+
 # -- shared run history ----------------------------------------------------------------
 
 
