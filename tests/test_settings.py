@@ -188,7 +188,7 @@ def test_passwords_never_reach_the_banner_or_the_log(
     assert "s3cret-pw" not in banner
     assert "127.0.0.1" in banner and "leaderbeat" in banner
     with caplog.at_level(logging.DEBUG):
-        assert scheduler.tick() == scheduler.leader_settings.timing.retry_interval
+        assert 0 < scheduler.tick() <= scheduler.leader_settings.timing.retry_interval
     assert "store unavailable" in caplog.text
     assert "s3cret-pw" not in caplog.text
     assert "s3cret-pw" not in repr(scheduler.elector)
