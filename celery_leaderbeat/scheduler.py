@@ -310,8 +310,9 @@ class LeaderSchedulerMixin:
           without the leader's clock seeing time pass (data lost in the store,
           a frozen virtual machine) stops the leader at its next claim or
           renewal, not at its next run. Runs published meanwhile were claimed
-          under a term that was current; no later leader repeats them, and
-          ``FencedTask`` workers drop them once they have seen a newer term.
+          under a term that was current, so a leader that adopted the history
+          does not repeat them, and ``FencedTask`` workers drop them once they
+          have seen a newer term.
 
         A lone due entry is claimed alone, exactly as before.
         """
