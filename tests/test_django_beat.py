@@ -35,7 +35,10 @@ REPORT = "proj.tasks.report"
 
 ADD_REPORT = """
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
-every, _ = IntervalSchedule.objects.get_or_create(every=1, period=IntervalSchedule.SECONDS)
+# Two beats starting together may each have stored the settings' 1 s interval
+# (django-celery-beat's own start-up race, harmless to it): take any of them.
+every = (IntervalSchedule.objects.filter(every=1, period=IntervalSchedule.SECONDS).first()
+         or IntervalSchedule.objects.create(every=1, period=IntervalSchedule.SECONDS))
 PeriodicTask.objects.create(name="report", task="proj.tasks.report", interval=every)
 """
 
