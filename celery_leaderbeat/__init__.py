@@ -14,6 +14,7 @@ from .lease import (
     LeaseRecord,
     LeaseStore,
     LeaseTiming,
+    Renewal,
     StoreUnavailable,
 )
 from .scheduler import LeaderScheduler, LeaderSchedulerMixin
@@ -33,6 +34,7 @@ __all__ = [
     "LeaseStore",
     "LeaseTiming",
     "NotLeader",
+    "Renewal",
     "StaticElector",
     "StoreUnavailable",
     "__version__",

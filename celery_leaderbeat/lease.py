@@ -23,9 +23,11 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from enum import Enum
 from typing import Callable, Protocol
 
 from .elector import NotLeader
+from .registry import LEADER, STANDBY, Heartbeat, ReplicaRecord
 
 __all__ = [
     "Acquisition",
@@ -36,6 +38,7 @@ __all__ = [
     "LeaseRecord",
     "LeaseStore",
     "LeaseTiming",
+    "Renewal",
     "StoreUnavailable",
 ]
 
@@ -50,12 +53,18 @@ class LeaseTiming:
     """How long a lease lasts, how often the leader renews, how often standbys try.
 
     Takeover after a crash takes at most ``ttl + retry_interval``; after a
-    graceful release, at most ``retry_interval``. A longer ``ttl`` tolerates
+    graceful release, at most ``retry_interval``; after a step-down request,
+    at most ``renew_interval + retry_interval``. A longer ``ttl`` tolerates
     longer stalls of the leader (or the store) before leadership moves.
+
+    The leader renews as often as a standby tries (as client-go's leader
+    renews every retry period): each renewal is where it finds a step-down
+    request, so a request is honoured within the retry interval, and it
+    costs the leader no more store commands than a standby.
     """
 
     ttl: float = 5.0
-    renew_interval: float = 1.5
+    renew_interval: float = 0.5
     retry_interval: float = 0.5
 
     def problems(self) -> list[tuple[str, str]]:
@@ -93,10 +102,24 @@ class LeaseRecord:
 
 @dataclass(frozen=True)
 class Acquisition:
-    """Outcome of an acquire attempt and the lease as it stands after it."""
+    """Outcome of an acquire attempt and the lease as it stands after it.
+
+    ``lease.holder`` is None when nobody holds the lease (only possible when
+    the attempt was made with ``take=False``).
+    """
 
     acquired: bool
     lease: LeaseRecord
+
+
+class Renewal(Enum):
+    """Outcome of a renewal."""
+
+    RENEWED = "renewed"
+    #: The lease is no longer ours: expired, released or taken in the store.
+    LOST = "lost"
+    #: A step-down was requested for our term: the store released the lease.
+    STEPPED_DOWN = "stepped down"
 
 
 class StoreUnavailable(Exception):
@@ -143,17 +166,28 @@ class LeaseStore(Protocol):
     ``owner`` is a random token unique to one elector; ``term`` is the number
     the store gave at acquisition, increasing with every acquisition.
     Mutations check both inside the store and refuse when either differs.
+
+    ``beat``, when given, is this replica's heartbeat record for the replica
+    registry (:mod:`celery_leaderbeat.registry`), written in the same call
+    for ``beat.expires_in`` seconds, with role and term as the call leaves
+    them. A store without a registry ignores it.
     """
 
     #: Where the lease lives, for banners and logs. Never contains secrets.
     description: str
 
-    def acquire(self, owner: str, identity: str, ttl: float) -> Acquisition:
-        """Take the lease if free or already ours; a new acquisition gets a new term."""
+    def acquire(self, owner: str, identity: str, ttl: float, *,
+                beat: ReplicaRecord | None = None, take: bool = True) -> Acquisition:
+        """Take the lease if free or already ours; a new acquisition gets a new term.
+
+        With ``take=False`` only report who holds it (and write ``beat``).
+        """
         ...  # pragma: no cover
 
-    def renew(self, owner: str, term: int, ttl: float) -> bool:
-        """Extend our lease by ``ttl``; False if it is no longer ours."""
+    def renew(self, owner: str, term: int, ttl: float, *,
+              beat: ReplicaRecord | None = None) -> Renewal:
+        """Extend our lease by ``ttl``, unless it is no longer ours or a step-down
+        was requested for ``term``: then release it and clear the request."""
         ...  # pragma: no cover
 
     def release(self, owner: str, term: int) -> bool:
@@ -195,16 +229,20 @@ class LeaseElector:
         identity: str,
         timing: LeaseTiming | None = None,
         clock: Clock = time.monotonic,
+        heartbeat: Heartbeat | None = None,
     ) -> None:
         self.store = store
         self.identity = identity
         self.timing = timing or LeaseTiming()
         self.owner = f"{identity}/{uuid.uuid4().hex}"
+        #: Paces the heartbeat records that ride on acquire attempts and renewals.
+        self.heartbeat = heartbeat
         self._clock = clock
         self._term: int | None = None
         self._deadline = 0.0
         self._renew_at = 0.0
         self._next_attempt = 0.0
+        self._hold_until = 0.0
         self._refusal: NotLeader = NotLeader("no acquire attempt yet")
         self._renew_error: StoreUnavailable | None = None
 
@@ -279,13 +317,13 @@ class LeaseElector:
     def release(self, detail: str = "released on shutdown") -> None:
         """Give up the lease so a standby takes over within its retry interval.
 
-        This replica then waits one TTL before trying again, so that a standby,
-        not the replica that just let go, takes the lease.
+        This replica then holds off one TTL (still heartbeating as a standby),
+        so that a standby, not the replica that just let go, takes the lease.
         """
         term = self._term
         if term is None:
             return
-        self._lose(LeadershipLost.RELEASED, detail, retry_after=self.timing.ttl)
+        self._lose(LeadershipLost.RELEASED, detail, hold_off=self.timing.ttl)
         with contextlib.suppress(StoreUnavailable):  # else it expires within the TTL
             self.store.release(self.owner, term)
 
@@ -309,24 +347,30 @@ class LeaseElector:
             return
         sent_at = self._clock()
         try:
-            renewed = self.store.renew(self.owner, term, self.timing.ttl)
+            renewed = self.store.renew(self.owner, term, self.timing.ttl,
+                                       beat=self._beat(LEADER, term))
         except StoreUnavailable as exc:
             # Keep leading until the local deadline; try again soon.
             self._renew_at = min(now + self.timing.retry_interval, self._deadline)
             self._renew_error = exc
             return
         self._renew_error = None
-        if renewed:
+        if renewed is Renewal.RENEWED:
             self._deadline = sent_at + self.timing.local_validity
             self._renew_at = sent_at + self.timing.renew_interval
+        elif renewed is Renewal.STEPPED_DOWN:
+            self._lose(LeadershipLost.RELEASED, "step-down requested", hold_off=self.timing.ttl)
         else:
             self._lose(LeadershipLost.TAKEN, f"store refused to renew term {term}")
 
     def _try_acquire(self, now: float) -> None:
         sent_at = self._clock()
         self._next_attempt = now + self.timing.retry_interval
+        take = now >= self._hold_until
+        beat = self._beat(STANDBY)
         try:
-            outcome = self.store.acquire(self.owner, self.identity, self.timing.ttl)
+            outcome = self.store.acquire(self.owner, self.identity, self.timing.ttl,
+                                         beat=beat, take=take)
         except StoreUnavailable as exc:
             self._refusal = NotLeader(f"store unavailable: {exc}")
             return
@@ -334,15 +378,29 @@ class LeaseElector:
             self._term = outcome.lease.term
             self._deadline = sent_at + self.timing.local_validity
             self._renew_at = sent_at + self.timing.renew_interval
-        else:
+            if beat is None and self.heartbeat is not None:
+                # No record rode on this attempt (none was due): renew at the next
+                # call, whose record shows the new leader to status and health.
+                self._renew_at = sent_at
+        elif outcome.lease.holder is not None:
             self._refusal = LeaseHeld(outcome.lease.holder, outcome.lease.term)
+        else:
+            self._refusal = NotLeader(
+                "lease free, but holding off one TTL after letting go, so that a standby "
+                "takes it")
 
-    def _lose(self, cause: str, detail: str, retry_after: float = 0.0) -> None:
+    def _beat(self, role: str, term: int | None = None) -> ReplicaRecord | None:
+        return None if self.heartbeat is None else self.heartbeat.due(role, term)
+
+    def _lose(self, cause: str, detail: str, hold_off: float = 0.0) -> None:
+        """Stop leading. Try again at once (the store decides whether we may lead),
+        or, after letting go, hold off: attempts then only heartbeat until then."""
         self._term = None
         self._renew_error = None
         self._refusal = LeadershipLost(cause, detail)
-        # By default try again at once: the store decides whether we may lead.
-        self._next_attempt = self._clock() + retry_after
+        now = self._clock()
+        self._hold_until = now + hold_off
+        self._next_attempt = now + (self.timing.retry_interval if hold_off else 0.0)
 
     def __repr__(self) -> str:
         return f"LeaseElector({self.store.description}, identity={self.identity!r})"

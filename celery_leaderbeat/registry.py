@@ -1,32 +1,32 @@
 """The replica registry: who is alive, in which role, and step-down requests.
 
-Every replica, leader or standby, writes a small heartbeat record with an
-expiry into the elector's store, so other replicas and the command line can
+Every replica, leader or standby, keeps a small heartbeat record with an
+expiry in the elector's store, so other replicas and the command line can
 list who is alive. The same store carries step-down requests: an operator
-asks the leader of one term to let go, and that leader sees the request in
-its next heartbeat, releases its lease and holds off, so a standby takes over.
+asks the leader of one term to let go.
 
-This is an optional protocol beside :class:`~celery_leaderbeat.lease.LeaseStore`:
-a store that does not implement it still elects a leader; it just cannot be
-listed or asked to step down. The Redis and file stores implement it.
+Neither costs a store command of its own. A heartbeat record rides on the
+acquire attempt or lease renewal the replica makes anyway
+(``LeaseStore.acquire(..., beat=record)`` and ``renew(..., beat=record)``),
+and the leader's renewal is also where it finds a step-down request: the
+store releases the lease in that same call, and the elector holds off one
+TTL so a standby takes over. A request is therefore honoured within one
+renew interval, and leadership moves within ``renew_interval +
+retry_interval`` (1 s with the defaults).
 
-Cost: one store call per heartbeat, and heartbeats come once per renew
-interval (not once per tick), so a standby adds a third of a command per
-default renew interval on top of its acquire attempts. The leader's check
-for a step-down request rides in the same call.
+This protocol is optional beside :class:`~celery_leaderbeat.lease.LeaseStore`:
+a store without it still elects a leader; it just cannot be listed or asked
+to step down. Every built-in store implements it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import time
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, Callable, Protocol, runtime_checkable
-
-from .lease import StoreUnavailable
 
 __all__ = [
     "LEADER",
@@ -41,8 +41,11 @@ __all__ = [
 LEADER = "leader"
 STANDBY = "standby"
 
-#: A record outlives this many missed heartbeats before the replica counts as gone.
+#: A record outlives this many heartbeat intervals before the replica counts as gone.
 MISSED_HEARTBEATS = 3
+
+#: Seconds between two heartbeat records of one replica, at the least.
+MIN_HEARTBEAT_INTERVAL = 1.0
 
 #: Seconds a step-down request waits in the store. Requests name one term, so
 #: a late one can never touch a later leader; this only keeps the store tidy.
@@ -54,8 +57,8 @@ class ReplicaRecord:
     """One replica as it last reported itself.
 
     ``heartbeat_age`` and ``expires_in`` are filled in by the store when read
-    (on the store's clock where it has one); they are None in a record being
-    written.
+    (on the store's clock where it has one). In a record being written,
+    ``expires_in`` is how long it lives and ``heartbeat_age`` is None.
     """
 
     identity: str
@@ -82,6 +85,10 @@ class ReplicaRecord:
         fields["pid"] = int(data["pid"])
         return cls(**fields)
 
+    def as_left(self, term: int | None) -> ReplicaRecord:
+        """This record as a lease call left its replica: leader of ``term``, or a standby."""
+        return replace(self, role=STANDBY if term is None else LEADER, term=term)
+
     def seen(self, heartbeat_age: float, expires_in: float) -> ReplicaRecord:
         return replace(self, heartbeat_age=round(max(0.0, heartbeat_age), 3),
                        expires_in=round(max(0.0, expires_in), 3))
@@ -97,16 +104,11 @@ class StepDownRequest:
 
 @runtime_checkable
 class ReplicaRegistry(Protocol):
-    """Heartbeat records and step-down requests, kept beside a lease in its store."""
+    """Heartbeat records and step-down requests, kept beside a lease in its store.
 
-    def heartbeat(self, record: ReplicaRecord, ttl: float) -> bool:
-        """Write ``record`` to live ``ttl`` seconds, replacing this identity's previous one.
-
-        When ``record`` is the leader's (``role`` leader, ``term`` set) and a
-        step-down was requested for that term, clear the request and return
-        True; otherwise return False. Atomic: a request is seen once.
-        """
-        ...  # pragma: no cover
+    Records are written by the lease calls themselves (see the module
+    docstring); this is how others read them and ask for a step-down.
+    """
 
     def replicas(self) -> list[ReplicaRecord]:
         """Every record not yet expired, with its heartbeat age, leader first."""
@@ -117,7 +119,11 @@ class ReplicaRegistry(Protocol):
         ...  # pragma: no cover
 
     def request_step_down(self) -> StepDownRequest | None:
-        """Ask the current lease holder to step down; None when nobody holds the lease."""
+        """Ask the current lease holder to step down; None when nobody holds the lease.
+
+        The request names the holder's term: the leader of that term releases
+        at its next renewal, and a request can never touch a later term.
+        """
         ...  # pragma: no cover
 
 
@@ -141,26 +147,30 @@ def _versions() -> tuple[str, str]:
 
 
 class Heartbeat:
-    """Paces one replica's heartbeats and relays step-down requests to it.
+    """Paces one replica's heartbeat records; the elector's store calls carry them.
 
-    A heartbeat is written once per ``interval``, and at once when the role
-    or term changes, so the registry shows a new leader without delay.
+    A record rides on the acquire attempt or renewal the replica makes
+    anyway, so heartbeats cost no store command of their own. It is sent at
+    most once per ``interval`` (so SQL stores, where it is a statement of its
+    own on the same connection, write at most once a second per replica),
+    and at once when the role changes.
     """
 
     def __init__(
         self,
-        registry: ReplicaRegistry,
         identity: str,
-        interval: float,
+        call_interval: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.registry = registry
         self.identity = identity
-        self.interval = interval
-        self.ttl = interval * MISSED_HEARTBEATS
+        self.interval = max(MIN_HEARTBEAT_INTERVAL, call_interval)
+        # A record is written at the first store call after it is due, and calls
+        # come at most ``call_interval`` apart: MISSED_HEARTBEATS intervals after
+        # the last write, the replica has surely missed more than one.
+        self.ttl = MISSED_HEARTBEATS * self.interval
         self._clock = clock
         self._next_at = 0.0
-        self._last: tuple[str, int | None] | None = None
+        self._last_role: str | None = None
         version, celery_version = _versions()
         self._base: dict[str, Any] = {
             "identity": identity,
@@ -170,28 +180,17 @@ class Heartbeat:
             "celery_version": celery_version,
         }
 
-    def beat(self, leading: bool, term: int | None) -> bool:
-        """Heartbeat if due; True when the leader of ``term`` is asked to step down.
+    def due(self, role: str, term: int | None = None) -> ReplicaRecord | None:
+        """The record to send with the next store call, or None when none is due.
 
-        A store error costs nothing more: the record ages, and the next
-        heartbeat, one interval later, tries again.
+        ``role`` is the role the call is made in (a standby acquires, the
+        leader renews); a store that grants the lease in that very call
+        writes the record as the leader's.
         """
-        role = LEADER if leading else STANDBY
         now = self._clock()
-        if (role, term) == self._last and now < self._next_at:
-            return False
-        record = ReplicaRecord(**self._base, role=role, term=term if leading else None,
-                               last_tick_at=datetime.now(timezone.utc))
-        # A tenth early: the leader's ticks come at its renewals, one interval
-        # apart but with jitter, and each of them should carry a heartbeat.
-        self._next_at = now + self.interval * 0.9
-        self._last = (role, term)
-        try:
-            asked = self.registry.heartbeat(record, self.ttl)
-        except StoreUnavailable:
-            return False
-        return asked and leading
-
-    def withdraw(self) -> None:
-        with contextlib.suppress(StoreUnavailable):  # else the record expires on its own
-            self.registry.withdraw(self.identity)
+        if role == self._last_role and now < self._next_at:
+            return None
+        self._next_at = now + self.interval
+        self._last_role = role
+        return ReplicaRecord(**self._base, role=role, term=term,
+                             last_tick_at=datetime.now(timezone.utc), expires_in=self.ttl)

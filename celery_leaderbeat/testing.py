@@ -7,6 +7,8 @@
   tests wait on facts, never on hopeful sleeps.
 - :class:`TcpProxy`: a loopback relay in front of a server that a test can
   cut, so the server becomes unreachable for some clients only.
+- :func:`replica_record`: a heartbeat record as an elector sends it with a
+  lease call, for tests of a store's replica registry.
 """
 
 from __future__ import annotations
@@ -23,11 +25,23 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from typing import Any, Callable, TypeVar
 
-__all__ = ["RedisServer", "TcpProxy", "death_signal_setter", "free_port", "wait_for"]
+from .registry import STANDBY, ReplicaRecord
+
+__all__ = ["RedisServer", "TcpProxy", "death_signal_setter", "free_port", "replica_record",
+           "wait_for"]
 
 T = TypeVar("T")
+
+
+def replica_record(identity: str, expires_in: float = 30.0) -> ReplicaRecord:
+    """A heartbeat record as the elector sends it: in the role it calls in (a
+    standby's), which the store changes to the role the call leaves it in."""
+    return ReplicaRecord(identity=identity, host="host", pid=1, version="v", celery_version="c",
+                         role=STANDBY, term=None, last_tick_at=datetime.now(timezone.utc),
+                         expires_in=expires_in)
 
 
 def free_port() -> int:

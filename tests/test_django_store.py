@@ -25,6 +25,7 @@ from django.conf import settings as django_settings
 from celery_leaderbeat import LeaseElector, NotLeader, StoreUnavailable
 from celery_leaderbeat.backends import choose_elector
 from celery_leaderbeat.history import RunRecord
+from celery_leaderbeat.lease import Renewal
 from celery_leaderbeat.settings import LeaderSettings
 from celery_leaderbeat.stores.lease_tables import LeaseTableMissing
 from celery_leaderbeat.testing import free_port
@@ -138,7 +139,7 @@ def test_store_terms_expiry_and_fenced_claims(alias: str) -> None:
     assert a.claim("owner-a", 1, {"nightly": "run-1"})
 
     _expire_now(alias, name)  # by the database's clock, not ours
-    assert not a.renew("owner-a", 1, 600)
+    assert a.renew("owner-a", 1, 600) is Renewal.LOST
     assert not a.claim("owner-a", 1, {"nightly": "run-2"})
     taken = b.acquire("owner-b", "replica-b", 600)
     assert taken.acquired and taken.lease.term == 2

@@ -22,8 +22,10 @@ from celery_leaderbeat.lease import (
     LeaseHeld,
     LeaseRecord,
     LeaseTiming,
+    Renewal,
     StoreUnavailable,
 )
+from celery_leaderbeat.registry import LEADER, STANDBY, Heartbeat, ReplicaRecord
 
 TIMING = LeaseTiming(ttl=5.0, renew_interval=1.5, retry_interval=0.5)
 
@@ -61,6 +63,9 @@ class MemoryStore:
         self.term = 0
         self.expires_at = 0.0
         self.history: dict[str, str] = {}
+        self.step_down_term: int | None = None
+        #: (call, role asked in, record's term) of every heartbeat record received.
+        self.beats: list[tuple[str, str, int | None]] = []
 
     def _request(self, name: str) -> None:
         self.calls[name] += 1
@@ -72,22 +77,38 @@ class MemoryStore:
         alive = self.clock() < self.expires_at
         return alive and self.owner == owner and self.term == term
 
-    def acquire(self, owner: str, identity: str, ttl: float) -> Acquisition:
+    def _beat(self, call: str, beat: ReplicaRecord | None) -> None:
+        if beat is not None:
+            self.beats.append((call, beat.role, beat.term))
+
+    def acquire(self, owner: str, identity: str, ttl: float, *,
+                beat: ReplicaRecord | None = None, take: bool = True) -> Acquisition:
         self._request("acquire")
-        if self.clock() < self.expires_at and self.owner != owner:
+        self._beat("acquire", beat)
+        held = self.clock() < self.expires_at
+        if held and self.owner != owner:
             return Acquisition(False, LeaseRecord(self.identity, self.term))
+        if not take and not held:
+            self.calls["declined"] += 1
+            return Acquisition(False, LeaseRecord(None, self.term))
         if self.owner != owner or self.clock() >= self.expires_at:
             self.term += 1
         self.owner, self.identity = owner, identity
         self.expires_at = self.clock() + ttl
         return Acquisition(True, LeaseRecord(identity, self.term))
 
-    def renew(self, owner: str, term: int, ttl: float) -> bool:
+    def renew(self, owner: str, term: int, ttl: float, *,
+              beat: ReplicaRecord | None = None) -> Renewal:
         self._request("renew")
+        self._beat("renew", beat)
         if not self._ours(owner, term):
-            return False
+            return Renewal.LOST
+        if self.step_down_term == term:
+            self.step_down_term = None
+            self.owner, self.expires_at = None, 0.0
+            return Renewal.STEPPED_DOWN
         self.expires_at = self.clock() + ttl
-        return True
+        return Renewal.RENEWED
 
     def release(self, owner: str, term: int) -> bool:
         self._request("release")
@@ -226,13 +247,61 @@ def test_after_release_the_standby_leads_and_the_releaser_waits_one_ttl(
     clock.advance(TIMING.retry_interval)
     assert b.is_leader()
     assert b.term == 2
-    attempts = store.calls["acquire"]
     clock.advance(TIMING.ttl - TIMING.retry_interval - 0.01)
-    refusal(a)
-    assert store.calls["acquire"] == attempts  # a did not even ask
-    clock.advance(0.01)
     assert isinstance(refusal(a), LeaseHeld)
-    assert store.calls["acquire"] == attempts + 1
+
+
+def test_while_holding_off_a_replica_asks_but_never_takes_a_free_lease(
+        store: MemoryStore, clock: Clock) -> None:
+    """Its attempts, at the retry pace, only report the holder (and carry heartbeats)."""
+    a = elector(store, clock)
+    a.is_leader()
+    a.release()
+    start = clock()
+    while clock() < start + TIMING.ttl - 0.01:
+        reason = refusal(a)
+        assert "holding off" in str(reason) or isinstance(reason, LeadershipLost)
+        clock.advance(0.05)
+    assert store.calls["declined"] == round(TIMING.ttl / TIMING.retry_interval) - 1
+    clock.now = start + TIMING.ttl + TIMING.retry_interval  # the first attempt after it
+    assert a.is_leader()
+    assert a.term == 2
+
+
+def test_a_step_down_request_is_honoured_at_the_next_renewal(
+        store: MemoryStore, clock: Clock) -> None:
+    a, b = elector(store, clock, "a"), elector(store, clock, "b")
+    a.is_leader()
+    store.step_down_term = 1
+    clock.advance(TIMING.renew_interval)
+    lost = refusal(a)
+    assert isinstance(lost, LeadershipLost)
+    assert (lost.cause, str(lost)) == (LeadershipLost.RELEASED, "released: step-down requested")
+    assert store.step_down_term is None  # seen once
+    assert b.is_leader()  # the lease is free at once
+    clock.advance(TIMING.ttl - 0.01)
+    assert isinstance(refusal(a), LeaseHeld)  # a held off meanwhile, then finds b
+
+
+def test_heartbeat_records_ride_on_attempts_and_renewals(
+        store: MemoryStore, clock: Clock) -> None:
+    """No store call of their own; one per heartbeat interval, and at once on a new role."""
+    beat = Heartbeat("a", TIMING.renew_interval, clock=clock)
+    a = LeaseElector(store, identity="a", timing=TIMING, clock=clock, heartbeat=beat)
+    b = elector(store, clock, "b")
+    b.is_leader()
+    start = clock()
+    while clock() < start + 3.0:  # a is a standby for 3 s: attempts every 0.5 s
+        refusal(a)
+        clock.advance(0.05)
+    assert store.beats == [("acquire", STANDBY, None)] * round(3.0 / beat.interval)
+    assert store.calls["heartbeat"] == 0
+    b.release()
+    clock.advance(TIMING.retry_interval)
+    assert a.is_leader()
+    clock.advance(TIMING.renew_interval)
+    assert a.is_leader()  # the first renewal carries the record in the leader's role
+    assert store.beats[-1] == ("renew", LEADER, a.term)
 
 
 def test_release_when_not_leading_does_nothing(store: MemoryStore, clock: Clock) -> None:
@@ -364,3 +433,5 @@ def test_default_timing_is_valid_and_meets_the_takeover_targets() -> None:
     assert timing.problems() == []
     assert timing.ttl + timing.retry_interval + 1 <= 6.5  # crash takeover target
     assert timing.retry_interval + 1 <= 1.5  # graceful takeover target
+    # A step-down request is seen at the next renewal: within the retry interval.
+    assert timing.renew_interval <= timing.retry_interval

@@ -13,9 +13,16 @@ from datetime import datetime
 import pytest
 
 from celery_leaderbeat.elector import NotLeader
-from celery_leaderbeat.lease import LeaseElector, LeaseHeld, LeaseTiming, StoreUnavailable
+from celery_leaderbeat.lease import (
+    LeaseElector,
+    LeaseHeld,
+    LeaseTiming,
+    Renewal,
+    StoreUnavailable,
+)
+from celery_leaderbeat.registry import LEADER, STANDBY
 from celery_leaderbeat.stores.redis import RedisLeaseStore
-from celery_leaderbeat.testing import RedisServer, wait_for
+from celery_leaderbeat.testing import RedisServer, replica_record, wait_for
 
 FAST = LeaseTiming(ttl=2.0, renew_interval=0.5, retry_interval=0.2)
 
@@ -217,3 +224,55 @@ def test_redis_errors_in_read_and_history_surface_as_store_unavailable(
     with pytest.raises(StoreUnavailable):
         store.load_history()
     store.close()
+
+
+# -- the replica registry, carried by acquire and renew ------------------------------
+
+
+def _roles(store: RedisLeaseStore) -> dict[str, tuple[str, int | None]]:
+    return {r.identity: (r.role, r.term) for r in store.replicas()}
+
+
+def test_acquire_and_renew_write_heartbeats_in_the_role_they_leave(
+        redis_server: RedisServer, lease_name: str) -> None:
+    store = store_on(redis_server.url, lease_name)
+    won = store.acquire("owner-a", "a", 5, beat=replica_record("a"))
+    lost = store.acquire("owner-b", "b", 5, beat=replica_record("b"))
+    store.acquire("owner-c", "c", 5, beat=replica_record("c", expires_in=0.5))
+    assert won.acquired and not lost.acquired
+    assert _roles(store) == {"a": (LEADER, won.lease.term), "b": (STANDBY, None),
+                             "c": (STANDBY, None)}
+    wait_for(lambda: "c" not in _roles(store), 5, message="the short-lived record expiring")
+    assert store.renew("owner-a", won.lease.term, 5, beat=replica_record("a")) is Renewal.RENEWED
+    assert store.renew("owner-b", won.lease.term, 5, beat=replica_record("b")) is Renewal.LOST
+    assert [r.identity for r in store.replicas()] == ["a", "b"]  # leader first
+    assert store.renew("owner-a", won.lease.term, 5) is Renewal.RENEWED  # no record: fine
+
+
+def test_without_take_a_free_lease_is_reported_free_and_left_alone(
+        redis_server: RedisServer, lease_name: str) -> None:
+    store = store_on(redis_server.url, lease_name)
+    free = store.acquire("owner-a", "a", 5, take=False, beat=replica_record("a"))
+    assert not free.acquired and free.lease.holder is None
+    assert store.read() is None and _roles(store) == {"a": (STANDBY, None)}
+    taken = store.acquire("owner-b", "b", 5)
+    held = store.acquire("owner-a", "a", 5, take=False)
+    assert not held.acquired and (held.lease.holder, held.lease.term) == ("b", taken.lease.term)
+
+
+def test_a_step_down_request_releases_at_the_renewal_of_its_term_once(
+        redis_server: RedisServer, lease_name: str) -> None:
+    store = store_on(redis_server.url, lease_name)
+    first = store.acquire("owner-a", "a", 5, beat=replica_record("a")).lease.term
+    asked = store.request_step_down()
+    assert asked is not None and (asked.holder, asked.term) == ("a", first)
+    assert store.renew("owner-a", first, 5, beat=replica_record("a")) is Renewal.STEPPED_DOWN
+    assert store.read() is None and _roles(store) == {"a": (STANDBY, None)}
+    second = store.acquire("owner-b", "b", 5)  # free at once
+    assert second.acquired and second.lease.term > first
+    # The request was seen once, and a request for an old term never touches a later one.
+    assert store.renew("owner-b", second.lease.term, 5) is Renewal.RENEWED
+    store.client.set(store.step_down_key, first)
+    assert store.renew("owner-b", second.lease.term, 5) is Renewal.RENEWED
+    assert store.request_step_down() is not None
+    assert store.renew("owner-b", second.lease.term, 5) is Renewal.STEPPED_DOWN

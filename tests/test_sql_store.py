@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,10 +19,16 @@ from celery.exceptions import ImproperlyConfigured
 
 from celery_leaderbeat import LeaseElector, NotLeader, StoreUnavailable
 from celery_leaderbeat.backends import choose_elector
-from celery_leaderbeat.registry import LEADER, STANDBY, ReplicaRecord, ReplicaRegistry
+from celery_leaderbeat.lease import Renewal
+from celery_leaderbeat.registry import (
+    LEADER,
+    STANDBY,
+    ReplicaRegistry,
+    StepDownRequest,
+)
 from celery_leaderbeat.settings import LeaderSettings
 from celery_leaderbeat.stores.sql import SqlLeaseStore, engine_url
-from celery_leaderbeat.testing import free_port, wait_for
+from celery_leaderbeat.testing import free_port, replica_record, wait_for
 
 SERVERS = {
     "postgresql": "postgresql://postgres@127.0.0.1:5432/test",
@@ -89,8 +94,8 @@ def test_acquire_renew_release_with_increasing_terms(make_store: Callable[[], Sq
 
     again = a.acquire("owner-a", "replica-a", 30)  # already ours: same term, extended
     assert again.acquired and again.lease.term == 1
-    assert a.renew("owner-a", 1, 30)
-    assert not b.renew("owner-b", 1, 30)
+    assert a.renew("owner-a", 1, 30) is Renewal.RENEWED
+    assert b.renew("owner-b", 1, 30) is Renewal.LOST
     assert not b.release("owner-b", 1)
 
     lease = b.read()
@@ -102,7 +107,7 @@ def test_acquire_renew_release_with_increasing_terms(make_store: Callable[[], Sq
     assert b.read() is None
     taken = b.acquire("owner-b", "replica-b", 30)
     assert taken.acquired and taken.lease.term == 2
-    assert not a.renew("owner-a", 1, 30)
+    assert a.renew("owner-a", 1, 30) is Renewal.LOST
     lease = a.read()
     assert lease is not None and lease.transitions == 2
 
@@ -116,7 +121,7 @@ def test_expiry_is_judged_by_the_database_clock(make_store: Callable[[], SqlLeas
     _set_expiry(a, -1.0)
     taken = b.acquire("owner-b", "replica-b", 600)
     assert taken.acquired and taken.lease.term == 2
-    assert not a.renew("owner-a", 1, 600)
+    assert a.renew("owner-a", 1, 600) is Renewal.LOST
 
 
 def test_lease_expires_after_its_ttl(make_store: Callable[[], SqlLeaseStore]) -> None:
@@ -226,36 +231,76 @@ def test_the_elector_setting_builds_a_sql_lease_elector(database: dict[str, str]
         elector.close()
 
 
-def _beat(identity: str, term: int | None = None) -> ReplicaRecord:
-    return ReplicaRecord(identity=identity, host="host", pid=1, version="v", celery_version="c",
-                         role=LEADER if term else STANDBY, term=term,
-                         last_tick_at=datetime.now(timezone.utc))
+def _roles(store: SqlLeaseStore) -> dict[str, tuple[str, int | None]]:
+    return {r.identity: (r.role, r.term) for r in store.replicas()}
 
 
-def test_the_replica_registry_and_step_down_requests(make_store: Callable[[], SqlLeaseStore]
+def _column(store: SqlLeaseStore, sql: str) -> list[Any]:
+    with store.engine.connect() as connection:
+        return [row[0] for row in connection.exec_driver_sql(sql)]
+
+
+def test_heartbeat_records_ride_on_acquire_and_renew(make_store: Callable[[], SqlLeaseStore]
                                                      ) -> None:
-    store = make_store()
-    assert isinstance(store, ReplicaRegistry)
-    assert store.request_step_down() is None  # nobody holds the lease
-    assert store.acquire("owner-b", "replica-b", 30).acquired
-    assert not store.heartbeat(_beat("replica-a"), 30)
-    assert not store.heartbeat(_beat("replica-b", term=1), 30)
-    assert not store.heartbeat(_beat("replica-gone"), 0.3)
-    listed = store.replicas()
-    assert [(r.identity, r.role) for r in listed][:2] == [("replica-b", LEADER),
-                                                          ("replica-a", STANDBY)]
+    a, b = make_store(), make_store()
+    assert isinstance(a, ReplicaRegistry) and not hasattr(a, "heartbeat")
+    # take=False never takes a free lease, but says nobody holds it and writes the record.
+    free = a.acquire("owner-a", "replica-a", 30, beat=replica_record("replica-a"), take=False)
+    assert not free.acquired and (free.lease.holder, free.lease.term) == (None, 0)
+    assert a.read() is None and _roles(a) == {"replica-a": (STANDBY, None)}
+
+    assert a.acquire("owner-a", "replica-a", 30, beat=replica_record("replica-a")).acquired
+    assert not b.acquire("owner-b", "replica-b", 30, beat=replica_record("replica-b")).acquired
+    b.acquire("owner-gone", "replica-gone", 30, beat=replica_record("replica-gone", 0.3),
+              take=False)
+    listed = b.replicas()
+    assert [(r.identity, r.role, r.term) for r in listed][:2] == [
+        ("replica-a", LEADER, 1), ("replica-b", STANDBY, None)]
     assert all(0 <= (r.heartbeat_age or 0) < 5 for r in listed)
     assert 25 < (listed[0].expires_in or 0) <= 30
-    wait_for(lambda: len(store.replicas()) == 2, timeout=10, message="a silent replica gone")
+    wait_for(lambda: len(b.replicas()) == 2, timeout=10, message="a silent replica gone")
 
-    asked = store.request_step_down()
-    assert asked is not None and (asked.holder, asked.term) == ("replica-b", 1)
-    assert not store.heartbeat(_beat("replica-b", term=2), 30)  # another term: not asked
-    assert store.heartbeat(_beat("replica-b", term=1), 30)  # seen once ...
-    assert not store.heartbeat(_beat("replica-b", term=1), 30)  # ... and only once
+    # take=False on a held lease reports the holder (even to the holder itself).
+    held = a.acquire("owner-a", "replica-a", 30, beat=replica_record("replica-a"), take=False)
+    assert not held.acquired and (held.lease.holder, held.lease.term) == ("replica-a", 1)
+    assert _roles(a)["replica-a"] == (STANDBY, None)
+    assert a.renew("owner-a", 1, 30, beat=replica_record("replica-a")) is Renewal.RENEWED
+    assert b.renew("owner-b", 1, 30, beat=replica_record("replica-b")) is Renewal.LOST
+    assert _roles(a) == {"replica-a": (LEADER, 1), "replica-b": (STANDBY, None)}
+    # Writing a record drops the expired ones from the table.
+    assert sorted(_column(a, f"SELECT replica FROM {a.replica_table}")) == [
+        "replica-a", "replica-b"]
 
-    store.withdraw("replica-a")
-    assert [r.identity for r in store.replicas()] == ["replica-b"]
+    a.withdraw("replica-b")
+    assert _roles(b) == {"replica-a": (LEADER, 1)}
+
+
+def test_a_step_down_request_is_answered_by_the_renewal_of_its_term(
+        make_store: Callable[[], SqlLeaseStore]) -> None:
+    a, b = make_store(), make_store()
+    assert a.request_step_down() is None  # nobody holds the lease
+    assert a.acquire("owner-a", "replica-a", 30).acquired
+    assert b.request_step_down() == StepDownRequest("replica-a", 1)
+    assert a.renew("owner-a", 2, 30) is Renewal.LOST  # another term: not asked
+
+    stepped = a.renew("owner-a", 1, 30, beat=replica_record("replica-a"))
+    assert stepped is Renewal.STEPPED_DOWN
+    assert a.read() is None and _roles(a) == {"replica-a": (STANDBY, None)}
+    assert _column(a, f"SELECT step_down_term FROM {a.lease_table}") == [None]  # seen once
+    taken = b.acquire("owner-b", "replica-b", 30)  # at once, without waiting for the TTL
+    assert taken.acquired and taken.lease.term == 2
+    assert b.renew("owner-b", 2, 30) is Renewal.RENEWED
+    assert a.renew("owner-a", 1, 30) is Renewal.LOST
+
+    # A request left unanswered (its leader's lease expired) never touches a later term,
+    # even of the same owner.
+    assert a.request_step_down() == StepDownRequest("replica-b", 2)
+    _set_expiry(a, -1.0)
+    assert b.acquire("owner-b", "replica-b", 30).lease.term == 3
+    assert b.renew("owner-b", 3, 30) is Renewal.RENEWED
+    assert b.renew("owner-b", 2, 30) is Renewal.LOST
+    lease = a.read()
+    assert lease is not None and (lease.holder, lease.term) == ("replica-b", 3)
 
 
 def test_a_lease_table_from_before_the_registry_gets_its_new_column(

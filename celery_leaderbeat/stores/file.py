@@ -9,7 +9,10 @@ host (one kernel) are protected; never put the path on NFS.
 ``<path>.json`` holds the term counter, the current holder (for status) and
 the run history. Only the lock holder writes it, always by atomic rename.
 The replica registry lives beside it: ``<path>.replicas/`` holds one
-heartbeat file per replica, ``<path>.step-down`` the term asked to let go.
+heartbeat file per replica, written by the acquire attempt or renewal that
+carries it, and ``<path>.step-down`` the term asked to let go. The leader
+looks for that file at every renewal: a renewal is otherwise free here (the
+kernel keeps the lock), so one local file read costs nothing that matters.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
 
-from ..lease import Acquisition, LeaseRecord, StoreUnavailable
+from ..lease import Acquisition, LeaseRecord, Renewal, StoreUnavailable
 from ..registry import ReplicaRecord, StepDownRequest, sort_replicas
 
 __all__ = ["FileLeaseStore"]
@@ -68,9 +71,26 @@ class FileLeaseStore:
 
     # -- the lease ---------------------------------------------------------------
 
-    def acquire(self, owner: str, identity: str, ttl: float) -> Acquisition:
+    def acquire(self, owner: str, identity: str, ttl: float, *,
+                beat: ReplicaRecord | None = None, take: bool = True) -> Acquisition:
         if self._fd is not None and self._owner == owner and self._term is not None:
-            return Acquisition(True, LeaseRecord(holder=identity, term=self._term))
+            outcome = Acquisition(True, LeaseRecord(holder=identity, term=self._term))
+        elif take:
+            outcome = self._lock(owner, identity)
+        else:
+            outcome = self._look()
+        self._beat(beat, outcome.lease.term if outcome.acquired else None)
+        return outcome
+
+    def _look(self) -> Acquisition:
+        """Who holds the lock, without trying to take it (``acquire(take=False)``)."""
+        lease = self.read()
+        if lease is None:
+            return Acquisition(False, LeaseRecord(None, int(self._read_state().get("term", 0))))
+        return Acquisition(False, lease)
+
+    def _lock(self, owner: str, identity: str) -> Acquisition:
+        """Try the flock; on success start a new term in the state file."""
         try:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -103,9 +123,31 @@ class FileLeaseStore:
         self._fd, self._owner, self._term = fd, owner, term
         return Acquisition(True, LeaseRecord(holder=identity, term=term))
 
-    def renew(self, owner: str, term: int, ttl: float) -> bool:
+    def renew(self, owner: str, term: int, ttl: float, *,
+              beat: ReplicaRecord | None = None) -> Renewal:
         # The kernel keeps the lock for as long as we live: nothing to extend.
-        return self._ours(owner, term)
+        if not self._ours(owner, term):
+            outcome = Renewal.LOST
+        elif self._step_down_requested(term):
+            self.release(owner, term)
+            outcome = Renewal.STEPPED_DOWN
+        else:
+            outcome = Renewal.RENEWED
+        self._beat(beat, term if outcome is Renewal.RENEWED else None)
+        return outcome
+
+    def _step_down_requested(self, term: int) -> bool:
+        """True if a step-down was requested for ``term``; clears the request."""
+        try:
+            with open(self.step_down_path, encoding="utf-8") as fh:
+                if fh.read().strip() != str(term):
+                    return False
+            os.unlink(self.step_down_path)  # only one unlink succeeds: seen once
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot read {self.step_down_path}: {exc}") from exc
+        return True
 
     def release(self, owner: str, term: int) -> bool:
         if not self._ours(owner, term):
@@ -185,7 +227,21 @@ class FileLeaseStore:
     def _replica_path(self, identity: str) -> str:
         return os.path.join(self.replicas_dir, quote(identity, safe="") + ".json")
 
-    def heartbeat(self, record: ReplicaRecord, ttl: float) -> bool:
+    def _beat(self, beat: ReplicaRecord | None, term: int | None) -> None:
+        """Write ``beat`` as the leader's of ``term``, or as a standby's when None.
+
+        Best effort, as heartbeats always were: the lease outcome is already
+        decided (a lock just taken must not be stranded by a failed write), so
+        a record that cannot be written just ages and the next one tries again.
+        """
+        if beat is None:
+            return
+        if beat.expires_in is None:
+            raise ValueError("a heartbeat record to write needs expires_in")
+        with contextlib.suppress(StoreUnavailable):
+            self._write_beat(beat.as_left(term), beat.expires_in)
+
+    def _write_beat(self, record: ReplicaRecord, ttl: float) -> None:
         now = time.time()
         try:
             os.makedirs(self.replicas_dir, exist_ok=True)
@@ -194,18 +250,6 @@ class FileLeaseStore:
         self._live_replicas(now)  # drops the files of replicas gone silent
         beat = {"record": record.encode(), "beat_at": now, "expires_at": now + ttl}
         _replace(self._replica_path(record.identity), beat)
-        if record.term is None:
-            return False
-        try:
-            with open(self.step_down_path, encoding="utf-8") as fh:
-                if fh.read().strip() != str(record.term):
-                    return False
-            os.unlink(self.step_down_path)  # only one unlink succeeds: seen once
-        except FileNotFoundError:
-            return False
-        except OSError as exc:
-            raise StoreUnavailable(f"cannot read {self.step_down_path}: {exc}") from exc
-        return True
 
     def _live_replicas(self, now: float) -> list[ReplicaRecord]:
         try:
@@ -259,6 +303,7 @@ def _replace(path: str, data: Any) -> None:
     """Write ``data`` as JSON to ``path`` by atomic rename: readers see old or new, never half."""
     try:
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".leaderbeat-")
+        os.fchmod(fd, 0o644)  # not mkstemp's 0600: status may run as another user
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(data, fh)
         os.replace(tmp, path)

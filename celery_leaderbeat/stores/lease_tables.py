@@ -10,7 +10,10 @@ they connect; what they say to the database lives here, once.
   run record.
 - The replica table holds one heartbeat row per (lease name, replica), and
   the lease row's ``step_down_term`` a pending step-down request: the
-  optional replica registry (:mod:`celery_leaderbeat.registry`).
+  optional replica registry (:mod:`celery_leaderbeat.registry`). Heartbeat
+  rows ride on acquire and renew: written on the same connection right
+  after the lease statement, with the role and term that statement left,
+  and a renewal is where the leader finds a step-down request.
 
 Clock: every time is epoch seconds read from the database's own clock
 (``{now}`` below) in the same statement that compares or stores it, so the
@@ -18,12 +21,21 @@ replicas' clocks never judge expiry.
 
 Atomicity:
 
-- acquire, renew and release are each one UPDATE whose WHERE clause is the
-  whole condition. The row lock serializes racing replicas, and the loser's
-  condition is judged against the winner's committed row (PostgreSQL
-  re-checks the updated row, InnoDB updates read the latest committed
-  version, SQLite admits one writer at a time). So two replicas can never
-  both hold the lease.
+- Every change of the lease (acquire, renew, release, a step-down) is one
+  UPDATE whose WHERE clause is the whole condition. The row lock serializes
+  racing replicas, and the loser's condition is judged against the
+  winner's committed row (PostgreSQL re-checks the updated row, InnoDB
+  updates read the latest committed version, SQLite admits one writer at a
+  time). So two replicas can never both hold the lease. An acquire with
+  ``take=False`` only reads.
+- A step-down request names one term. Renew refuses to extend the lease of
+  that term; only when it refused does a second UPDATE release the lease
+  and clear the request together, on the same condition (ours, not expired,
+  the request naming our term). So the request is seen once, never by a
+  later term, and a renewal nobody asked to step down stays one statement.
+- A heartbeat statement that fails fails the whole call, as a lost reply
+  would: the caller then does not know the lease's outcome, which its local
+  deadline and fenced claims already allow for.
 - claim and forget are one short transaction that starts with a fencing
   UPDATE of the lease row (owner, term, not expired). It takes the row's
   write lock (on SQLite the database's) before anything else is read, so no
@@ -43,7 +55,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
-from ..lease import Acquisition, LeaseRecord, StoreUnavailable
+from ..lease import Acquisition, LeaseRecord, Renewal, StoreUnavailable
 from ..registry import ReplicaRecord, StepDownRequest, sort_replicas
 
 __all__ = ["DIALECTS", "LeaseTableMissing", "LeaseTables", "SqlSession"]
@@ -85,10 +97,22 @@ WHERE name = :name AND (owner = :owner OR owner IS NULL OR expires_at <= {{now}}
 
 HOLDER = "SELECT owner, holder, term FROM {lease} WHERE name = :name"
 
+# Who holds the lease now, taking nothing: NULL when it is free or expired.
+LIVE_HOLDER = """
+SELECT CASE WHEN owner IS NOT NULL AND expires_at > {now} THEN holder END, term
+FROM {lease} WHERE name = :name
+"""
+
 # Our lease, not yet expired: the condition every fenced statement repeats.
 OURS = "name = :name AND term = :term AND " + STILL_OURS
 
-RENEW = "UPDATE {lease} SET renewed_at = {now}, expires_at = {now} + :ttl WHERE " + OURS
+# Not when a step-down was requested for our term: ANSWER_STEP_DOWN then does.
+RENEW = ("UPDATE {lease} SET renewed_at = {now}, expires_at = {now} + :ttl WHERE " + OURS
+         + " AND (step_down_term IS NULL OR step_down_term <> :term)")
+
+# Release and clear the request in one UPDATE, so a request is seen once.
+ANSWER_STEP_DOWN = ("UPDATE {lease} SET owner = NULL, holder = NULL, expires_at = NULL, "
+                    "step_down_term = NULL WHERE " + OURS + " AND step_down_term = :term")
 
 # Term, transitions and last holder stay: terms keep increasing after a release.
 RELEASE = """
@@ -138,10 +162,6 @@ WHERE name = :name AND owner IS NOT NULL AND expires_at > {now}
 """
 
 ASKED = "SELECT holder, step_down_term FROM {lease} WHERE name = :name"
-
-# Clearing the request is how the leader sees it: one UPDATE, so it is seen once.
-SEE_STEP_DOWN = ("UPDATE {lease} SET step_down_term = NULL "
-                 "WHERE name = :name AND step_down_term = :term")
 
 _PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
@@ -216,24 +236,43 @@ class LeaseTables:
 
     # -- the lease ---------------------------------------------------------------
 
-    def acquire(self, owner: str, identity: str, ttl: float) -> Acquisition:
-        params = {"name": self.name, "owner": owner, "holder": identity, "ttl": float(ttl)}
+    def acquire(self, owner: str, identity: str, ttl: float, *,
+                beat: ReplicaRecord | None = None, take: bool = True) -> Acquisition:
         with self._session(atomic=False) as session:
+            if take:
+                outcome = self._take(session, owner, identity, ttl)
+            else:
+                rows = self._query(session, LIVE_HOLDER, name=self.name)
+                holder, term = rows[0] if rows else (None, 0)
+                outcome = Acquisition(False, LeaseRecord(holder=holder, term=int(term)))
+            self._beat(session, beat, outcome.lease.term if outcome.acquired else None)
+        return outcome
+
+    def _take(self, session: SqlSession, owner: str, identity: str, ttl: float) -> Acquisition:
+        params = {"name": self.name, "owner": owner, "holder": identity, "ttl": float(ttl)}
+        taken = self._execute(session, ACQUIRE, **params)
+        rows = self._query(session, HOLDER, name=self.name)
+        if not rows:  # first use of this lease name
+            self._execute(session, CREATE_ROW[self.dialect], name=self.name)
             taken = self._execute(session, ACQUIRE, **params)
             rows = self._query(session, HOLDER, name=self.name)
-            if not rows:  # first use of this lease name
-                self._execute(session, CREATE_ROW[self.dialect], name=self.name)
-                taken = self._execute(session, ACQUIRE, **params)
-                rows = self._query(session, HOLDER, name=self.name)
         holder_owner, holder, term = rows[0]
         # The row read after the UPDATE names its owner; only ours counts as taken.
         acquired = bool(taken) and holder_owner == owner
         return Acquisition(acquired, LeaseRecord(holder=holder, term=int(term)))
 
-    def renew(self, owner: str, term: int, ttl: float) -> bool:
+    def renew(self, owner: str, term: int, ttl: float, *,
+              beat: ReplicaRecord | None = None) -> Renewal:
+        params = {"name": self.name, "owner": owner, "term": term}
         with self._session(atomic=False) as session:
-            return self._execute(session, RENEW, name=self.name, owner=owner, term=term,
-                                 ttl=float(ttl)) == 1
+            if self._execute(session, RENEW, ttl=float(ttl), **params) == 1:
+                outcome = Renewal.RENEWED
+            elif self._execute(session, ANSWER_STEP_DOWN, **params) == 1:
+                outcome = Renewal.STEPPED_DOWN
+            else:
+                outcome = Renewal.LOST
+            self._beat(session, beat, term if outcome is Renewal.RENEWED else None)
+        return outcome
 
     def release(self, owner: str, term: int) -> bool:
         with self._session(atomic=False) as session:
@@ -291,15 +330,15 @@ class LeaseTables:
 
     # -- the replica registry ----------------------------------------------------
 
-    def heartbeat(self, record: ReplicaRecord, ttl: float) -> bool:
-        with self._session(atomic=False) as session:
-            self._execute(session, DROP_EXPIRED, name=self.name)
-            self._execute(session, HEARTBEAT[self.dialect], name=self.name,
-                          replica=record.identity, record=json.dumps(record.encode()),
-                          ttl=float(ttl))
-            if record.term is None:
-                return False
-            return self._execute(session, SEE_STEP_DOWN, name=self.name, term=record.term) == 1
+    def _beat(self, session: SqlSession, beat: ReplicaRecord | None, term: int | None) -> None:
+        """Write ``beat`` as the lease call left us: leader of ``term``, or a standby (None)."""
+        if beat is None:
+            return
+        record = beat.as_left(term)
+        self._execute(session, DROP_EXPIRED, name=self.name)
+        self._execute(session, HEARTBEAT[self.dialect], name=self.name,
+                      replica=record.identity, record=json.dumps(record.encode()),
+                      ttl=float(record.expires_in or 0.0))
 
     def replicas(self) -> list[ReplicaRecord]:
         with self._session(atomic=False) as session:

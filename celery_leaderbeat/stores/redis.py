@@ -9,7 +9,8 @@ Keys, all in one Redis Cluster slot thanks to the ``{name}`` hash tag:
 - ``leaderbeat:{name}:history``: hash entry name -> encoded run record.
 - ``leaderbeat:{name}:replicas`` (hash identity -> heartbeat) and
   ``...:replicas:expiry`` (sorted set identity -> expiry, ms on the Redis
-  clock): the replica registry. ``...:step_down``: the term asked to let go.
+  clock): the replica registry, written by the acquire and renew scripts.
+  ``...:step_down``: the term asked to let go, seen by its renewal.
 
 Every mutation checks owner token and term inside one script. Limits: a
 Redis that loses data (restart without persistence, failover to a replica
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -31,7 +33,7 @@ from kombu.utils.url import maybe_sanitize_url
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..lease import Acquisition, LeaseRecord, StoreUnavailable
+from ..lease import Acquisition, LeaseRecord, Renewal, StoreUnavailable
 from ..registry import STEP_DOWN_TTL, ReplicaRecord, StepDownRequest, sort_replicas
 
 __all__ = ["RedisLeaseStore"]
@@ -46,16 +48,39 @@ DEFAULT_CLIENT_OPTIONS: dict[str, Any] = {
     "health_check_interval": 0,
 }
 
-# KEYS: lease, meta. ARGV: owner, identity, ttl_ms.
-# Returns {acquired (1|0), term, identity of the holder}.
-ACQUIRE = """
+# Writes a heartbeat record into the replica registry (celery_leaderbeat.registry),
+# dropping expired ones: a function every script that carries a heartbeat starts
+# with. A record is stored as "<now_ms> <role> <term or -> <record JSON>", so the
+# script that decides the role (an acquire may or may not win) can set it.
+BEAT = """
+local function beat(replicas, expiry, identity, role, term, record, ttl_ms)
+  if record == '' then return end
+  local t = redis.call('TIME')
+  local now = t[1] * 1000 + math.floor(t[2] / 1000)
+  local gone = redis.call('ZRANGEBYSCORE', expiry, '-inf', now)
+  if #gone > 0 then
+    redis.call('HDEL', replicas, unpack(gone))
+    redis.call('ZREM', expiry, unpack(gone))
+  end
+  redis.call('HSET', replicas, identity,
+             string.format('%d', now) .. ' ' .. role .. ' ' .. term .. ' ' .. record)
+  redis.call('ZADD', expiry, now + tonumber(ttl_ms), identity)
+end
+"""
+
+# KEYS: lease, meta, replicas, expiry. ARGV: owner, identity, ttl_ms, take (1|0),
+# heartbeat record ('' for none), its ttl_ms.
+# Returns {acquired (1|0), term, identity of the holder ('' for nobody)}.
+ACQUIRE = BEAT + """
 local held = redis.call('HMGET', KEYS[1], 'owner', 'term', 'identity')
 if held[1] == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  beat(KEYS[3], KEYS[4], ARGV[2], 'leader', held[2], ARGV[5], ARGV[6])
   return {1, held[2], held[3]}
 end
-if held[1] then
-  return {0, held[2], held[3]}
+if held[1] or ARGV[4] ~= '1' then
+  beat(KEYS[3], KEYS[4], ARGV[2], 'standby', '-', ARGV[5], ARGV[6])
+  return {0, held[2] or '0', held[3] or ''}
 end
 local term = redis.call('HINCRBY', KEYS[2], 'term', 1)
 if term == 1 then
@@ -73,6 +98,7 @@ local now = t[1] .. '.' .. string.format('%06d', t[2])
 redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'identity', ARGV[2], 'term', term,
            'acquired_at', now, 'renewed_at', now)
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
+beat(KEYS[3], KEYS[4], ARGV[2], 'leader', tostring(term), ARGV[5], ARGV[6])
 return {1, tostring(term), ARGV[2]}
 """
 
@@ -82,11 +108,20 @@ local held = redis.call('HMGET', KEYS[1], 'owner', 'term')
 if held[1] ~= ARGV[1] or held[2] ~= ARGV[2] then return 0 end
 """
 
-# KEYS: lease. ARGV: owner, term, ttl_ms. Returns 1 if renewed, 0 if not ours.
-RENEW = OWNS + """
+# KEYS: lease, step_down, replicas, expiry. ARGV: owner, term, ttl_ms, identity,
+# heartbeat record ('' for none), its ttl_ms. Returns 1 if renewed, 0 if not
+# ours, 2 if a step-down was requested for this term: then the lease is
+# released and the request cleared, so it is seen once.
+RENEW = BEAT + OWNS + """
+if redis.call('GET', KEYS[2]) == ARGV[2] then
+  redis.call('DEL', KEYS[1], KEYS[2])
+  beat(KEYS[3], KEYS[4], ARGV[4], 'standby', '-', ARGV[5], ARGV[6])
+  return 2
+end
 local t = redis.call('TIME')
 redis.call('HSET', KEYS[1], 'renewed_at', t[1] .. '.' .. string.format('%06d', t[2]))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
+beat(KEYS[3], KEYS[4], ARGV[4], 'leader', ARGV[2], ARGV[5], ARGV[6])
 return 1
 """
 
@@ -111,26 +146,6 @@ for i = 3, #ARGV do
   redis.call('HDEL', KEYS[2], ARGV[i])
 end
 return 1
-"""
-
-# KEYS: replicas, expiry, step_down. ARGV: identity, record (JSON), ttl_ms, term or ''.
-# Drops expired records, writes this one as "<now_ms> <json>". Returns 1 if a
-# step-down was requested for ARGV[4] (and clears the request), else 0.
-HEARTBEAT = """
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
-if #gone > 0 then
-  redis.call('HDEL', KEYS[1], unpack(gone))
-  redis.call('ZREM', KEYS[2], unpack(gone))
-end
-redis.call('HSET', KEYS[1], ARGV[1], string.format('%d', now) .. ' ' .. ARGV[2])
-redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
-if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) == ARGV[4] then
-  redis.call('DEL', KEYS[3])
-  return 1
-end
-return 0
 """
 
 # KEYS: replicas, expiry. Returns {now_ms, then identity, expiry_ms, heartbeat per live replica}.
@@ -189,8 +204,8 @@ class RedisLeaseStore:
         # The replica registry (celery_leaderbeat.registry).
         self.replicas_key, self.expiry_key, self.step_down_key = (
             f"{prefix}:replicas", f"{prefix}:replicas:expiry", f"{prefix}:step_down")
-        self._heartbeat, self._replicas, self._step_down = (
-            client.register_script(script) for script in (HEARTBEAT, REPLICAS, STEP_DOWN))
+        self._replicas, self._step_down = (
+            client.register_script(script) for script in (REPLICAS, STEP_DOWN))
 
     @classmethod
     def from_url(cls, url: str, name: str, options: Mapping[str, Any] | None = None
@@ -208,15 +223,22 @@ class RedisLeaseStore:
         except redis.RedisError as exc:
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
-    def acquire(self, owner: str, identity: str, ttl: float) -> Acquisition:
+    def acquire(self, owner: str, identity: str, ttl: float, *,
+                beat: ReplicaRecord | None = None, take: bool = True) -> Acquisition:
         acquired, term, holder = self._call(
-            self._acquire, [self.lease_key, self.meta_key], [owner, identity, _ms(ttl)]
+            self._acquire, [self.lease_key, self.meta_key, self.replicas_key, self.expiry_key],
+            [owner, identity, _ms(ttl), int(take), *_beat_args(beat)],
         )
-        record = LeaseRecord(holder=_text(holder), term=int(term))
+        record = LeaseRecord(holder=_text(holder) or None, term=int(term))
         return Acquisition(acquired=bool(acquired), lease=record)
 
-    def renew(self, owner: str, term: int, ttl: float) -> bool:
-        return bool(self._call(self._renew, [self.lease_key], [owner, term, _ms(ttl)]))
+    def renew(self, owner: str, term: int, ttl: float, *,
+              beat: ReplicaRecord | None = None) -> Renewal:
+        keys = [self.lease_key, self.step_down_key, self.replicas_key, self.expiry_key]
+        identity = "" if beat is None else beat.identity
+        outcome = self._call(self._renew, keys,
+                             [owner, term, _ms(ttl), identity, *_beat_args(beat)])
+        return RENEWALS[int(outcome)]
 
     def release(self, owner: str, term: int) -> bool:
         return bool(self._call(self._release, [self.lease_key], [owner, term]))
@@ -261,19 +283,14 @@ class RedisLeaseStore:
 
     # -- replica registry (celery_leaderbeat.registry.ReplicaRegistry) ----------
 
-    def heartbeat(self, record: ReplicaRecord, ttl: float) -> bool:
-        keys = [self.replicas_key, self.expiry_key, self.step_down_key]
-        term = "" if record.term is None else str(record.term)
-        args = [record.identity, json.dumps(record.encode()), _ms(ttl), term]
-        return bool(self._call(self._heartbeat, keys, args))
-
     def replicas(self) -> list[ReplicaRecord]:
         now, *rows = self._call(self._replicas, [self.replicas_key, self.expiry_key], [])
         found = []
         for i in range(0, len(rows), 3):
             expiry, beat = float(rows[i + 1]), _text(rows[i + 2]) or ""
-            stamp, _, data = beat.partition(" ")
-            record = ReplicaRecord.decode(json.loads(data))
+            stamp, role, term, data = beat.split(" ", 3)
+            record = replace(ReplicaRecord.decode(json.loads(data)), role=role,
+                             term=None if term == "-" else int(term))
             found.append(record.seen((int(now) - int(stamp)) / 1000.0,
                                      (expiry - int(now)) / 1000.0))
         return sort_replicas(found)
@@ -304,3 +321,14 @@ class RedisLeaseStore:
 
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
+
+
+#: RENEW's answers.
+RENEWALS = {1: Renewal.RENEWED, 0: Renewal.LOST, 2: Renewal.STEPPED_DOWN}
+
+
+def _beat_args(beat: ReplicaRecord | None) -> list[Any]:
+    """The heartbeat record and its TTL as script arguments ('' for none)."""
+    if beat is None:
+        return ["", 0]
+    return [json.dumps(beat.encode()), _ms(beat.expires_in or 0)]
