@@ -1,8 +1,9 @@
 """Celery integration: a mixin that puts any beat ``Scheduler`` behind an elector.
 
 Every tick asks the elector first. A standby dispatches nothing and comes
-back within the retry interval; the leader ticks as the base scheduler would
-but never sleeps past its next lease renewal. No answer, exception or outage
+back within the retry interval; the leader never sleeps past its next lease
+renewal, and ticks its base scheduler when the base asked to be woken, as
+plain beat would. No answer, exception or outage
 stops the asking: each tick asks again (the lesson of gocron issue 681).
 
 With a lease elector (every built-in store), dispatch is also fenced: a
@@ -63,6 +64,7 @@ class LeaderSchedulerMixin:
     default_elector: str | None = None
     _shadowing = False
     _shadow_next = 0.0  # monotonic time of the shadow's next due run
+    _base_next = 0.0  # monotonic time the leader's base scheduler asked to tick again
 
     def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
         self.leader_settings = LeaderSettings.from_app(app)
@@ -77,9 +79,11 @@ class LeaderSchedulerMixin:
         self._announced = False
         self._closed = False
         self._claimed: dict[str, tuple[int, datetime, int]] = {}
-        registry = registry_of(self.elector)
-        self._heartbeat = None if registry is None else Heartbeat(
-            registry, self.leader_settings.identity, self.leader_settings.timing.renew_interval)
+        self._registry = registry_of(self.elector)
+        if self._registry is not None and isinstance(self.elector, LeaseElector):
+            timing = self.leader_settings.timing
+            self.elector.heartbeat = Heartbeat(
+                self.leader_settings.identity, max(timing.renew_interval, timing.retry_interval))
         self.metrics: BeatMetrics | None = None
         super().__init__(app, *args, **kwargs)  # type: ignore[call-arg]
         if not kwargs.get("lazy"):  # beat builds a lazy one just for its banner
@@ -96,16 +100,20 @@ class LeaderSchedulerMixin:
         self._announce()
         retry = self.leader_settings.timing.retry_interval
         leading = self._ask_timed()
-        if self._beat_heart(leading):  # stepped down on request: a standby now
-            return retry
         if not leading:
             return min(self._time_until_next_attempt(), self._shadow_tick(*args, **kwargs))
+        wait = self._base_next - time.monotonic()
+        if wait > 0:
+            # Woken to renew the lease, before the base scheduler asked to be
+            # ticked: plain beat would still be asleep, so the base is not asked.
+            return min(wait, self._time_until_renewal())
         try:
             if self._needs_takeover:
                 self.adopt_shared_history()
                 self._heap = None  # rebuild the heap from the entries as they are now
                 self._needs_takeover = False
             interval: float = super().tick(*args, **kwargs)  # type: ignore[misc]
+            self._base_next = time.monotonic() + interval
         except FencedOut as exc:
             self._stop_leading(str(exc), cause=exc.cause)
             return retry
@@ -153,15 +161,6 @@ class LeaderSchedulerMixin:
         finally:
             self.metrics.renewed(time.monotonic() - started)
 
-    def _beat_heart(self, leading: bool) -> bool:
-        """Heartbeat when due; on a step-down request, release with hold-off (True)."""
-        if self._heartbeat is None or not self._heartbeat.beat(leading, self.term):
-            return False
-        if isinstance(self.elector, LeaseElector):
-            self.elector.release("step-down requested")
-        self._stop_leading("step-down requested", cause=LeadershipLost.RELEASED)
-        return True
-
     def _ask_elector(self) -> bool:
         """One question, every tick. Exceptions are answers too: "not now"."""
         refusal: NotLeader | None
@@ -203,6 +202,7 @@ class LeaderSchedulerMixin:
     def _start_leading(self) -> None:
         self._leading = True
         self._needs_takeover = True
+        self._base_next = 0.0
         self._last_refusal = None
         self._leading_term = self.term
         logger.info(
@@ -417,8 +417,9 @@ class LeaderSchedulerMixin:
         """Release the lease first, so a standby takes over at once; then close."""
         if not self._closed:
             self._closed = True
-            if self._heartbeat is not None:
-                self._heartbeat.withdraw()
+            if self._registry is not None:
+                with contextlib.suppress(StoreUnavailable):  # else it expires on its own
+                    self._registry.withdraw(self.leader_settings.identity)
             for hook in ("release", "close"):
                 method = getattr(self.elector, hook, None)
                 if method is None:

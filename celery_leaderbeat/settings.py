@@ -69,9 +69,10 @@ SETTINGS = {
         ),
         Setting(
             "leaderbeat_renew_interval",
-            1.5,
+            0.5,
             "a positive number of seconds, below leaderbeat_lease_ttl",
-            "How often the leader renews its lease.",
+            "How often the leader renews its lease, and so how soon it honours a "
+            "step-down request.",
         ),
         Setting(
             "leaderbeat_retry_interval",

@@ -39,12 +39,15 @@ def due_schedule() -> dict[str, Any]:
 def make_all_due(scheduler: Any) -> None:
     """Put our entries' last run two hours back and rebuild the heap: all are due now.
 
-    Celery's own default entry (backend_cleanup) is left as it is.
+    Celery's own default entry (backend_cleanup) is left as it is. The base
+    scheduler is ticked at once, not when it last asked to be woken (plain
+    beat, asleep until then, would not see the change earlier either).
     """
     past = scheduler.app.now() - timedelta(hours=2)
     for name in due_schedule():
         scheduler.schedule[name].last_run_at = past
     scheduler._heap = None
+    scheduler._base_next = 0.0
 
 
 def entry_of(message: Any) -> str:

@@ -1,4 +1,8 @@
-"""A standby's shadow of the schedule is ticked when runs fall due, not on every retry.
+"""The base scheduler is ticked when runs fall due, not on every retry or renewal.
+
+The last test checks the same for the leader: it renews its lease as often
+as a standby tries, but ticks its base scheduler only when the base asked
+to be woken, as plain beat would.
 
 The shadow keeps a standby's local schedule close to the leader's (what is
 left when the store loses its history). Ticking it on every retry interval
@@ -68,3 +72,34 @@ def test_the_shadow_advances_at_due_times_only_and_publishes_nothing(
     assert standby_ticks >= 40
     assert b.idle_base_ticks <= shadow_runs + 1
     assert tap.drain() == []  # the shadow's runs were not published (a was not ticked)
+
+
+def test_the_leader_renews_often_but_ticks_its_base_at_due_times_only(
+        make_app: Callable[..., Celery], make_scheduler: Callable[..., Any], tap: Any,
+        ticker: Callable[..., Any]) -> None:
+    """Renewals wake the leader between runs; plain beat would sleep then, and so does the base."""
+    schedule = {"every-second": {"task": "tests.lead", "schedule": timedelta(seconds=EVERY)}}
+    conf = {"beat_schedule": schedule, "leaderbeat_renew_interval": 0.1,
+            "leaderbeat_lease_ttl": 2.0}
+    a = make_scheduler(make_app(**conf), "a", cls=CountingShadow)
+    ticker([a], lambda: a.is_leader, timeout=10)
+    renewals = 0
+    renew = a.elector.store.renew
+
+    def counting_renew(*args: Any, **kwargs: Any) -> Any:
+        nonlocal renewals
+        renewals += 1
+        return renew(*args, **kwargs)
+
+    a.elector.store.renew = counting_renew
+    start_count = a.schedule["every-second"].total_run_count
+    until = time.monotonic() + 3.5 * EVERY
+    ticker([a], lambda: time.monotonic() >= until, timeout=30)
+
+    assert a.is_leader
+    runs = a.schedule["every-second"].total_run_count - start_count
+    assert 3 <= runs <= 4
+    assert renewals >= 25  # every 0.1 s for 3.5 s, give or take the ticker's naps
+    assert a.idle_base_ticks <= runs + 1  # not one base tick per renewal
+    published = [m for m in tap.drain() if m.headers["task"] == "tests.lead"]
+    assert len(published) >= runs
