@@ -5,11 +5,14 @@ every-minute crontab) with default lease timing. The lease store is a
 private redis-server of its own, apart from the broker's, so every command
 it counts is coordination. Counting reads ``INFO commandstats`` before and
 after a steady-state window (no MONITOR): each lease script is one
-``evalsha`` call, and the commands run inside the scripts tell them apart:
+``evalsha`` call (the store commands the budget counts), and the commands
+run inside the scripts tell them apart:
 
-- heartbeats of the replica registry: one ``zadd`` each;
 - lease renewals: one ``pexpire`` each (an acquisition also does one);
-- claims of runs: one ``hset`` per run, besides those of renewals and heartbeats;
+- heartbeat records of the replica registry: one ``zadd`` each, written
+  inside an acquire attempt or renewal, never by a call of their own;
+- claims of runs: one ``hset`` per run, besides the ``hset`` of every
+  renewal and every heartbeat record;
 - every acquire, renew, claim or release checks the lease with one ``hmget``,
   so standby acquire attempts are ``hmget`` minus renewals and claims.
 
@@ -107,32 +110,27 @@ def main() -> None:
             m = measure(size, broker.url, store, store.url, options.window, options.warmup)
             per_s = {k: v / m["elapsed"] for k, v in m.items() if k != "elapsed"}
             standbys = size - 1
-            heartbeat = per_s["heartbeats"] / size  # every replica beats at the same pace
-            leader = per_s["renewals"] + per_s["claims"] + heartbeat
-            standby = per_s["attempts"] / standbys + heartbeat if standbys else float("nan")
+            leader = per_s["renewals"] + per_s["claims"]
+            standby = per_s["attempts"] / standbys if standbys else float("nan")
             leader_cap = 1 / timing.renew_interval + per_s["dispatched"]
             standby_cap = 1 / timing.retry_interval
             rows.append([
                 size, f"{per_s['evalsha'] + per_s['other']:.2f}",
-                f"{leader:.2f} ({leader - heartbeat:.2f})", f"{leader_cap:.2f}",
-                "met" if leader <= leader_cap * 1.02 else
-                ("met without heartbeat" if leader - heartbeat <= leader_cap * 1.02
-                 else "MISSED"),
-                "-" if not standbys else f"{standby:.2f} ({standby - heartbeat:.2f})",
-                f"{standby_cap:.2f}",
-                "-" if not standbys else (
-                    "met" if standby <= standby_cap * 1.02 else
-                    ("met without heartbeat" if standby - heartbeat <= standby_cap * 1.02
-                     else "MISSED")),
-                f"{heartbeat:.2f}", f"{per_s['dispatched']:.2f}", f"{per_s['other']:.2f}",
+                f"{leader:.2f}", f"{leader_cap:.2f}",
+                "met" if leader <= leader_cap * 1.02 else "MISSED",
+                "-" if not standbys else f"{standby:.2f}", f"{standby_cap:.2f}",
+                "-" if not standbys else ("met" if standby <= standby_cap * 1.02 else "MISSED"),
+                f"{per_s['heartbeats'] / size:.2f}", f"{per_s['dispatched']:.2f}",
+                f"{per_s['other']:.2f}",
             ])
         print(f"Default timing: ttl {timing.ttl} s, renew every {timing.renew_interval} s, "
               f"standby retry every {timing.retry_interval} s; window {options.window:.0f} s "
-              "per size. Commands per second; in brackets, without the registry "
-              "heartbeat. Plain Celery beat: 0 store commands (it has no store).\n")
+              "per size. Store commands per second (top-level calls). Heartbeat records "
+              "ride inside them and add none. Plain Celery beat: 0 store commands "
+              "(it has no store).\n")
         print_table(
             ["replicas", "all replicas", "leader", "leader cap", "leader target",
-             "each standby", "standby cap", "standby target", "heartbeat / replica",
+             "each standby", "standby cap", "standby target", "records / replica",
              "dispatches", "non-script"],
             rows,
         )
