@@ -480,6 +480,7 @@ class BeatCluster:
             with open(os.path.join(self.directory, f"{app}.py"), "w", encoding="utf-8") as fh:
                 fh.write("from celery_leaderbeat.replicas import replica_app\n\n"
                          "app = replica_app()\n")
+        self.app = app
         paths = [self.directory, *pythonpath, os.environ.get("PYTHONPATH", "")]
         base_env = {
             **os.environ,
@@ -554,6 +555,17 @@ class BeatCluster:
                          message=f"a publish on {self.queue!r}")
         assert found is not None
         return found
+
+    def leaderbeat(self, *args: str, conf: Mapping[str, Any] | None = None,
+                   timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run ``celery -A <app> leaderbeat <args>`` as an operator would, with the
+        replicas' settings (``conf`` overrides some); capture its output."""
+        env = dict(self.replicas[0].env)
+        if conf is not None:
+            env[CONF_ENV] = json.dumps({**json.loads(env[CONF_ENV]), **conf})
+        return subprocess.run(
+            [sys.executable, "-m", "celery", "-A", self.app, "leaderbeat", *args],
+            env=env, cwd=self.directory, capture_output=True, text=True, timeout=timeout)
 
     def lease_store(self) -> LeaseStore:
         """The store holding this cluster's lease, chosen exactly as the replicas choose it."""

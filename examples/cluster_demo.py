@@ -1,4 +1,4 @@
-"""Live demo: three ``celery beat`` replicas, one leader, a crash and a graceful stop.
+"""Live demo: three ``celery beat`` replicas, one leader, a crash, a step-down, a graceful stop.
 
 Run from the repository root after ``pip install -e .[redis]``::
 
@@ -7,9 +7,11 @@ Run from the repository root after ``pip install -e .[redis]``::
 It starts three real beat processes with ``-S celery_leaderbeat.LeaderScheduler``
 and a consumer that prints every task message as it arrives (time, which
 replica sent it, under which lease term). Then it kills the leader with
-``kill -9``, shows another replica taking over, stops that one with SIGTERM
-(it releases its lease, so the handover is almost immediate), prints a
-summary and exits, in well under a minute.
+``kill -9`` and shows another replica taking over; asks that one to step
+down with ``celery leaderbeat step-down``, as an operator would before a
+deploy; stops the new leader with SIGTERM (it releases its lease, so the
+handover is almost immediate); prints a summary and exits, in about a
+minute.
 
 When a Redis answers on 127.0.0.1:6379 it is the broker and the lease store
 (in an empty database when there is one, under names unique to this run,
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import socket
 import sys
@@ -85,10 +88,11 @@ class Backend:
                 client.delete(key)
             client.close()
         else:
-            for path in (default_file_path(lease_name),
-                         default_file_path(lease_name) + ".json"):
+            lock = default_file_path(lease_name)
+            for path in (lock, lock + ".json", lock + ".step-down"):
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(path)
+            shutil.rmtree(lock + ".replicas", ignore_errors=True)
         if self.directory:
             shutil.rmtree(self.directory, ignore_errors=True)
 
@@ -192,6 +196,21 @@ class Demo:
             f"(term {first.term}); tasks keep coming, once each\n")
         return new
 
+    def step_down(self, leader: Replica) -> Replica:
+        """Move leadership on purpose, with the command an operator would type."""
+        say(f"\n>>> celery -A {self.cluster.app} leaderbeat step-down   "
+            f"(asks {leader.identity}, the leader, to hand over)\n")
+        done = self.cluster.leaderbeat("step-down")
+        for line in (done.stdout + done.stderr).splitlines():
+            say(f"    {line}")
+        moved = self.cluster.leader_by_lease()
+        took = re.search(r"after (\d+\.\d+) s$", done.stdout.strip())
+        if done.returncode != 0 or moved is None or moved is leader or took is None:
+            raise RuntimeError(f"step-down failed (exit {done.returncode})")
+        self.takeovers.append(("step-down", float(took.group(1))))
+        say(f"\n>>> {moved.identity} leads now; {leader.identity} stays up as a standby\n")
+        return moved
+
     def summary(self) -> None:
         sent = self.cluster.recorder.publishes()
         every_second = [p for p in sent if p.task == EVERY_SECOND]
@@ -202,8 +221,10 @@ class Demo:
         say("\n=== summary")
         for label, took in self.takeovers:
             say(f"  takeover after {label + ':':<18} {took:4.1f} s")
-        say(f"  lease timing: ttl {timing.ttl} s, standby retry {timing.retry_interval} s "
+        say(f"  lease timing: ttl {timing.ttl} s, renew {timing.renew_interval} s, "
+            f"standby retry {timing.retry_interval} s "
             f"(bounds: crash {timing.ttl + timing.retry_interval + 1:.1f} s, "
+            f"step-down {timing.renew_interval + timing.retry_interval:.1f} s, "
             f"graceful {timing.retry_interval + 1:.1f} s)")
         if self.file_lock:
             say("  (a file lock is freed by the kernel the moment its holder dies, "
@@ -249,6 +270,11 @@ def main(argv: list[str]) -> int:
         demo.run_for(STEADY)
         leader = demo.fault(leader, "kill", "kill -9")
         demo.run_for(STEADY)
+        demo.show_roles()
+        leader = demo.step_down(leader)
+        # The replica that stepped down holds off one lease TTL; the stop below
+        # hands over to it only once that has passed.
+        demo.run_for(max(STEADY, cluster.timing.ttl + 1))
         demo.show_roles()
         leader = demo.fault(leader, "terminate", "graceful stop")
         demo.run_for(STEADY)

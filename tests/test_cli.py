@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +29,7 @@ from celery_leaderbeat.cli import (
 )
 from celery_leaderbeat.lease import LeaseTiming
 from celery_leaderbeat.registry import Heartbeat
-from celery_leaderbeat.replicas import CONF_ENV, GENERATED_APP_MODULE, BeatCluster
+from celery_leaderbeat.replicas import BeatCluster
 from celery_leaderbeat.testing import RedisServer, wait_for
 
 pytestmark = pytest.mark.processes
@@ -43,12 +42,7 @@ POSTGRESQL = "postgresql://postgres@127.0.0.1:5432/test"
 def leaderbeat(cluster: BeatCluster, *args: str, conf: dict[str, Any] | None = None
                ) -> subprocess.CompletedProcess[str]:
     """Run ``celery -A <the replicas' app> leaderbeat <args>`` with the replicas' settings."""
-    env = dict(cluster.replicas[0].env)
-    if conf is not None:
-        env[CONF_ENV] = json.dumps({**json.loads(env[CONF_ENV]), **conf})
-    return subprocess.run(
-        [sys.executable, "-m", "celery", "-A", GENERATED_APP_MODULE, "leaderbeat", *args],
-        env=env, cwd=cluster.directory, capture_output=True, text=True, timeout=60)
+    return cluster.leaderbeat(*args, conf=conf)
 
 
 def leader_and_standby(cluster: BeatCluster) -> tuple[Any, Any]:
