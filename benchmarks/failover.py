@@ -163,6 +163,14 @@ def terminate_leader(trial: Trial, leader: Replica) -> Fault:
     return Fault(leader.terminate(), leader)
 
 
+def step_down_leader(trial: Trial, leader: Replica) -> Fault:
+    """What ``celery leaderbeat step-down`` does: a request in the store (plain beat has none)."""
+    store = trial.cluster.lease_store()
+    at = time.monotonic()
+    store.request_step_down()  # type: ignore[attr-defined]
+    return Fault(at, leader)
+
+
 def pause_leader(trial: Trial, leader: Replica) -> Fault:
     at = leader.pause()
     time.sleep(trial.outage)
@@ -213,10 +221,16 @@ def graceful_bound(timing: LeaseTiming) -> float:
     return timing.retry_interval + 1.0
 
 
+def step_down_bound(timing: LeaseTiming) -> float:
+    return timing.renew_interval + timing.retry_interval + 1.0
+
+
 SCENARIOS = {s.name: s for s in [
     Scenario("steady", "no fault", no_fault),
     Scenario("kill", "kill -9 of the leader", kill_leader, crash_bound),
     Scenario("term", "SIGTERM of the leader", terminate_leader, graceful_bound),
+    Scenario("step-down", "a step-down requested in the store", step_down_leader,
+             step_down_bound),
     Scenario("pause", "SIGSTOP of the leader for TTL + 3 s, then SIGCONT", pause_leader,
              crash_bound),
     Scenario("cut", "the leader's link to the store cut for TTL + 3 s", cut_leader,

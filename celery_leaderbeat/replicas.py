@@ -302,6 +302,7 @@ class Replica:
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self._stopped_on_purpose = False
+        self._terminated = False  # SIGTERM sent to the current process
 
     @property
     def pid(self) -> int | None:
@@ -331,6 +332,7 @@ class Replica:
         )
         self.pids.append(self.process.pid)
         self._stopped_on_purpose = False
+        self._terminated = False
         return self
 
     def _signal(self, signum: int, on_purpose: bool) -> float:
@@ -351,7 +353,9 @@ class Replica:
 
     def terminate(self) -> float:
         """SIGTERM: beat shuts down gracefully (and our scheduler releases its lease)."""
-        return self._signal(signal.SIGTERM, on_purpose=True)
+        sent_at = self._signal(signal.SIGTERM, on_purpose=True)
+        self._terminated = True
+        return sent_at
 
     def pause(self) -> float:
         """SIGSTOP: the process freezes with its connections open."""
@@ -366,13 +370,18 @@ class Replica:
         return self.process.wait(timeout)
 
     def begin_stop(self) -> None:
-        """Ask the process to end (SIGCONT in case it is paused, then SIGTERM); no wait."""
+        """Ask the process to end (SIGCONT in case it is paused, then SIGTERM once); no wait.
+
+        A second SIGTERM would interrupt beat's shutdown, lease release included.
+        """
         if self.running:
             assert self.process is not None
             self._stopped_on_purpose = True
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.process.pid, signal.SIGCONT)
-                self.process.terminate()
+                if not self._terminated:
+                    self.process.terminate()
+            self._terminated = True
 
     def stop(self, timeout: float = 10.0) -> None:
         """End the process however it is (paused included): SIGTERM, then SIGKILL."""
