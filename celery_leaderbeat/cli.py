@@ -241,21 +241,29 @@ def health(ctx: click.Context) -> None:
               help="Wait until another replica has taken the lease.")
 @click.option("--timeout", type=float, default=None,
               help="Seconds to wait (default: lease TTL + renew + retry interval).")
+@click.option("--force", is_flag=True,
+              help="Ask even when no standby is alive: dispatch then stops for one lease TTL.")
 @click.pass_context
-def step_down(ctx: click.Context, wait: bool, timeout: float | None) -> None:
-    """Ask the leader to release at its next heartbeat, so a standby takes over."""
+def step_down(ctx: click.Context, wait: bool, timeout: float | None, force: bool) -> None:
+    """Ask the leader to release at its next renewal, so a standby takes over."""
     settings, store = _store_or_exit(ctx)
     try:
         if not isinstance(store, ReplicaRegistry):
             _fail(f"the store {store.description} keeps no replica registry, so it cannot "
                   "carry a step-down request", EXIT_NO_STORE)
+        nobody = f"no leader holds the lease {settings.lease_name!r}: nothing to step down"
         try:
+            if store.read() is None:
+                _fail(nobody, EXIT_UNHEALTHY)
+            if not force and not any(r.role != LEADER for r in store.replicas()):
+                _fail("no standby is alive to take over, so a step-down would only stop "
+                      "dispatch for one lease TTL; not asking (--force asks anyway)",
+                      EXIT_UNHEALTHY)
             asked = store.request_step_down()
         except StoreUnavailable as exc:
             _fail(f"cannot reach the store {store.description}: {exc}", EXIT_UNHEALTHY)
         if asked is None:
-            _fail(f"no leader holds the lease {settings.lease_name!r}: nothing to step down",
-                  EXIT_UNHEALTHY)
+            _fail(nobody, EXIT_UNHEALTHY)
         click.echo(f"asked {asked.holder} (term {asked.term}) to step down")
         if not wait:
             return

@@ -322,3 +322,23 @@ def test_the_command_opens_the_store_the_scheduler_defaults_to() -> None:
     store.close()
     with pytest.raises(NoStore, match=r"cannot import the scheduler 'no.such:Scheduler'"):
         open_store(app, "no.such:Scheduler")
+
+
+def test_step_down_with_no_standby_alive_is_refused_unless_forced(
+        redis_server: RedisServer) -> None:
+    """Alone, the leader would hold off one TTL and dispatch nothing meanwhile."""
+    with BeatCluster(redis_server.url, replicas=1, elector=redis_server.url,
+                     timing=TIMING) as cluster:
+        (only,) = cluster.replicas
+        wait_for(lambda: cluster.leader_by_lease() is only, 60, message="a leader")
+        term = cluster.lease_store().read().term  # type: ignore[union-attr]
+
+        refused = leaderbeat(cluster, "step-down")
+        assert refused.returncode == EXIT_UNHEALTHY
+        assert refused.stderr.startswith("no standby is alive to take over"), refused.stderr
+        assert cluster.lease_store().read().term == term  # type: ignore[union-attr]
+
+        forced = leaderbeat(cluster, "step-down", "--force")
+        assert forced.returncode == EXIT_UNHEALTHY, forced.stdout + forced.stderr
+        assert f"{only.identity} took the lease back" in forced.stderr
+        assert "released: step-down requested" in only.log()
