@@ -64,6 +64,8 @@ class LeaderSchedulerMixin:
     default_elector: str | None = None
     _shadowing = False
     _shadow_next = 0.0  # monotonic time of the shadow's next due run
+    _busy = 0  # tick() and sync() calls in progress (see close)
+    _close_deferred = False
     _base_next = 0.0  # monotonic time the leader's base scheduler asked to tick again
 
     def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
@@ -93,10 +95,24 @@ class LeaderSchedulerMixin:
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """Ask the elector, then dispatch as the base scheduler would, or stand by."""
-        if self._closed:
+        if self._closed or self._close_deferred:
             # Closed by beat's SIGTERM handler, whose SystemExit was lost in the
             # call it interrupted (an elector swallowing what that call raised).
             raise SystemExit()
+        self._busy += 1
+        try:
+            return self._tick(*args, **kwargs)
+        finally:
+            self._busy -= 1
+
+    def sync(self) -> None:
+        self._busy += 1
+        try:
+            super().sync()  # type: ignore[misc]
+        finally:
+            self._busy -= 1
+
+    def _tick(self, *args: Any, **kwargs: Any) -> float:
         self._announce()
         retry = self.leader_settings.timing.retry_interval
         leading = self._ask_timed()
@@ -414,7 +430,19 @@ class LeaderSchedulerMixin:
                 "between hosts.", self.elector.describe())  # type: ignore[attr-defined]
 
     def close(self) -> None:
-        """Release the lease first, so a standby takes over at once; then close."""
+        """Release the lease first, so a standby takes over at once; then close.
+
+        Beat's SIGTERM handler calls this from inside whatever the main thread
+        was doing, often a tick's store or database call. That call may hold
+        the very connection (and lock: psycopg's, for the Django store) that
+        the release needs, and waiting for it would hang the process. So a
+        close that interrupts a tick or a sync only marks itself: the
+        handler's SystemExit unwinds the interrupted call, and beat's loop
+        then closes the scheduler again, from the top of the stack.
+        """
+        if self._busy:
+            self._close_deferred = True
+            return
         if not self._closed:
             self._closed = True
             if self._registry is not None:

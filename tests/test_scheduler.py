@@ -8,6 +8,7 @@ a queue the test consumes, so every check is on messages that really arrived.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -410,3 +411,62 @@ def test_signals_fire_once_per_transition_in_order(
         ("gained", "b", second, None),
         ("lost", "b", second, "released"),
     ]
+
+
+class OneConnectionStore:
+    """A store whose calls all take one non-reentrant lock, as psycopg's connection does.
+
+    ``interrupt``, when set, runs inside the next renewal while the lock is
+    held: what beat's SIGTERM handler does when the signal lands mid-call.
+    """
+
+    def __init__(self, inner: RedisLeaseStore) -> None:
+        self.inner = inner
+        self.lock = threading.Lock()
+        self.interrupt: Callable[[], None] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if not self.lock.acquire(timeout=2):
+                raise AssertionError(f"{name}() waits on the connection a call it interrupted "
+                                     "holds: beat would hang here")
+            try:
+                interrupt, self.interrupt = self.interrupt, None
+                if interrupt is not None and name == "renew":
+                    interrupt()
+                return attr(*args, **kwargs)
+            finally:
+                self.lock.release()
+        return call
+
+
+def test_sigterm_in_the_middle_of_a_store_call_releases_without_deadlock(
+        make_app: Callable[..., Celery], make_scheduler: Callable[..., Any],
+        redis_server: RedisServer, lease_name: str) -> None:
+    """As celery.beat.Service.start and beat's SIGTERM handler drive the scheduler."""
+    store = OneConnectionStore(RedisLeaseStore.from_url(redis_server.url, lease_name))
+    elector = LeaseElector(store, identity="a",  # type: ignore[arg-type]
+                           timing=LeaseTiming(ttl=5, renew_interval=0.05, retry_interval=0.05))
+    a = make_scheduler(make_app(leaderbeat_elector=elector), "a")
+
+    def sigterm_handler() -> None:  # celery.apps.beat's _sync: service.sync(), then exit
+        a.close()
+        raise SystemExit()
+
+    a.tick()
+    assert a.is_leader
+    store.interrupt = sigterm_handler
+    try:
+        while True:  # Service.start's loop; the handler's SystemExit ends it
+            time.sleep(max(0.0, min(a.tick(), 0.05)))
+    except SystemExit:
+        pass
+    finally:
+        a.close()  # Service.start's finally: sync() closes the scheduler again
+    assert store.interrupt is None  # the handler ran
+    assert store.inner.read() is None  # the lease was released, not left to expire
+    assert not a.is_leader
