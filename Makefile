@@ -26,8 +26,9 @@ servers:
 	  echo "redis-server not found: installing it with apt-get"; \
 	  apt-get update -q && apt-get install -y -q redis-server; }
 
+# The demo's broker is Redis when one answers: kombu's Redis transport comes with celery[redis].
 demo: $(BIN)/python
-	$(BIN)/pip install -q -e '.[redis]'
+	$(BIN)/pip install -q -e '.[redis]' 'celery[redis]'
 	$(BIN)/python examples/cluster_demo.py
 
 test: $(BIN)/python servers

@@ -1,6 +1,6 @@
 """Live demo: three ``celery beat`` replicas, one leader, a crash, a step-down, a graceful stop.
 
-Run from the repository root after ``pip install -e .[redis]``::
+Run from the repository root after ``pip install -e .[redis] celery[redis]``::
 
     python examples/cluster_demo.py [--embedded]
 
@@ -109,10 +109,11 @@ def local_redis_answers() -> bool:
 def choose_backend(embedded: bool) -> Backend:
     if not embedded and local_redis_answers():
         try:
+            import kombu.transport.redis  # noqa: F401 - the broker's transport
             import redis  # noqa: F401
-        except ImportError:
-            sys.exit("A Redis answers on 127.0.0.1:6379 but redis-py is missing: "
-                     "pip install -e .[redis]")
+        except ImportError as exc:
+            sys.exit(f"A Redis answers on 127.0.0.1:6379 but {exc}: "
+                     "pip install -e .[redis] 'celery[redis]' (or run with --embedded)")
         url = f"redis://{LOCAL_REDIS[0]}:{LOCAL_REDIS[1]}/{empty_redis_db()}"
         return Backend(url, f"Redis at {maybe_sanitize_url(url)} (broker and lease store)")
     directory = tempfile.mkdtemp(prefix="leaderbeat-demo-")
