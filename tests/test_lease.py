@@ -296,11 +296,17 @@ def test_heartbeat_records_ride_on_attempts_and_renewals(
         clock.advance(0.05)
     assert store.beats == [("acquire", STANDBY, None)] * round(3.0 / beat.interval)
     assert store.calls["heartbeat"] == 0
+    beats = len(store.beats)
+    while len(store.beats) == beats:  # until a's next record: the one after is a second away
+        clock.advance(0.05)
+        refusal(a)
+    beats = len(store.beats)
     b.release()
     clock.advance(TIMING.retry_interval)
     assert a.is_leader()
-    clock.advance(TIMING.renew_interval)
-    assert a.is_leader()  # the first renewal carries the record in the leader's role
+    assert len(store.beats) == beats  # no record was due on the winning attempt ...
+    assert a.seconds_until_renewal() == 0.0  # ... so the next call renews at once,
+    assert a.is_leader()  # carrying the record in the leader's role for status and health
     assert store.beats[-1] == ("renew", LEADER, a.term)
 
 
