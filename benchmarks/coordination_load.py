@@ -42,8 +42,7 @@ from benchmarks.common import (
     private_redis,
 )
 from celery_leaderbeat.lease import LeaseTiming
-from celery_leaderbeat.replicas import BeatCluster
-from celery_leaderbeat.testing import wait_for
+from celery_leaderbeat.testing import BeatCluster, wait_for
 
 #: Commands the scripts run inside Redis; any other command is a top-level call.
 INSIDE_SCRIPTS = {"hmget", "hget", "hset", "hdel", "hincrby", "pexpire", "time", "zadd",

@@ -53,17 +53,19 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import PLAIN_SCHEDULER, describe_run, parser, print_table
 from celery_leaderbeat.lease import LeaseTiming
-from celery_leaderbeat.replicas import (
+from celery_leaderbeat.testing import (
     EVERY_MINUTE,
     EVERY_SECOND,
     LEADER_SCHEDULER,
     BeatCluster,
     Publish,
+    RedisServer,
     Replica,
+    TcpProxy,
     duplicate_runs,
     first_publish_by_another,
+    wait_for,
 )
-from celery_leaderbeat.testing import RedisServer, TcpProxy, wait_for
 
 INTERVAL = 1.0
 #: Seconds between the fault and the next minute boundary.

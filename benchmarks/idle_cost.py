@@ -39,8 +39,7 @@ from benchmarks.common import (
 )
 from celery_leaderbeat import LeaderScheduler
 from celery_leaderbeat.lease import LeaseTiming
-from celery_leaderbeat.replicas import BeatCluster, Replica
-from celery_leaderbeat.testing import wait_for
+from celery_leaderbeat.testing import BeatCluster, Replica, wait_for
 
 NO_SHADOW_SCHEDULER = "benchmarks.idle_cost:NoShadowLeaderScheduler"
 #: A slower pace for both roles: graceful handover and step-down then take up to 1.5 and 3 s.

@@ -37,7 +37,7 @@ from benchmarks.common import (
     private_redis,
 )
 from celery_leaderbeat import LeaderScheduler
-from celery_leaderbeat.replicas import BeatCluster
+from celery_leaderbeat.testing import BeatCluster
 
 LOG_SETTING = "bench_lateness_log"
 TARGET = 0.010

@@ -44,6 +44,7 @@ from benchmarks.common import (
 from celery_leaderbeat import LeaderScheduler, LeaseElector, signals
 from celery_leaderbeat.history import RunRecord
 from celery_leaderbeat.stores.redis import RedisLeaseStore
+from celery_leaderbeat.testing import redis_store
 
 TASK = "bench.takeover"
 TARGET = 0.200
@@ -113,7 +114,7 @@ def leader_takeover(redis_url: str, entries: int, directory: str, moments: Momen
                     ) -> tuple[float, float, float]:
     """One takeover, in seconds: (acquired -> first publish, HGETALL alone, adopting)."""
     name = unique("takeover")
-    store = RedisLeaseStore.from_url(redis_url, name)
+    store = redis_store(redis_url, name)
     old = old_leader_history(store, entries)
     app = celery_app(name, redis_url, beat_schedule=schedule(entries),
                      leaderbeat_elector=redis_url, leaderbeat_lease_name=name,

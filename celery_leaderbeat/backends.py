@@ -2,33 +2,33 @@
 
 Like kombu's transport table, a URL scheme picks the store through a short
 alias table; anything else is imported by dotted path, so users can bring
-their own elector. Typos get "did you mean".
+their own elector. Typos get "did you mean". Installed packages add schemes through the
+``celery_leaderbeat.stores`` entry-point group.
 """
 
 from __future__ import annotations
 
 import difflib
-import importlib
 import logging
 import os
 import re
 import tempfile
-from typing import Any, Callable, NamedTuple
-from urllib.parse import unquote, urlsplit
+from typing import Any, NamedTuple, Protocol
+from urllib.parse import urlsplit
 
-from celery.utils.imports import symbol_by_name
+from celery.utils.imports import load_extension_class_names, symbol_by_name
 
 from .elector import CallableElector, Elector, StaticElector
 from .lease import LeaseElector, LeaseStore
 from .settings import LeaderSettings, improperly_configured
 
-__all__ = ["ElectorChoice", "choose_elector", "default_file_path"]
+__all__ = ["ENTRY_POINT_GROUP", "STORES", "ElectorChoice", "StoreFactory", "build_store",
+           "choose_elector", "default_file_path", "known_stores"]
 
 logger = logging.getLogger("celery.beat.leaderbeat")
 
 KEY = "leaderbeat_elector"
 
-StoreFactory = Callable[[str, LeaderSettings], LeaseStore]
 
 
 class ElectorChoice(NamedTuple):
@@ -38,62 +38,77 @@ class ElectorChoice(NamedTuple):
     implicit: bool
 
 
-def _redis_store(url: str, settings: LeaderSettings) -> LeaseStore:
-    try:
-        from .stores.redis import RedisLeaseStore
-    except ImportError as exc:
-        improperly_configured(
-            KEY, f"{url.split(':')[0]}:// needs redis-py ({exc}); "
-            "install celery-leaderbeat[redis]")
-    return RedisLeaseStore.from_url(url, settings.lease_name, settings.redis_options)
+class StoreFactory(Protocol):
+    """What a URL scheme names: a store class built from its URL and the settings.
+
+    ``from_url`` connects lazily (nothing is reached before the first lease
+    call) and raises ``ImproperlyConfigured`` naming ``leaderbeat_elector``
+    for a URL it cannot honour.
+    """
+
+    def from_url(self, url: str, settings: LeaderSettings) -> LeaseStore: ...
 
 
-def _file_store(url: str, settings: LeaderSettings) -> LeaseStore:
-    from .stores.file import FileLeaseStore
+#: Entry-point group through which a package adds URL schemes, as kombu's
+#: transports and Celery's ``celery.beat_schedulers`` do:
+#: ``[project.entry-points."celery_leaderbeat.stores"] myscheme = "pkg.mod:MyStore"``,
+#: where ``MyStore.from_url(url, settings)`` builds a LeaseStore.
+ENTRY_POINT_GROUP = "celery_leaderbeat.stores"
 
-    parts = urlsplit(url)
-    path = unquote(parts.path)
-    # file://./beat.lock would otherwise become /beat.lock: a host part is a typo.
-    if parts.netloc not in ("", "localhost") or not path or not os.path.isabs(path):
-        improperly_configured(KEY, f"{url!r} needs an absolute path, as in file:///var/run/beat.lock")
-    return FileLeaseStore(path)
+_REDIS = ("celery_leaderbeat.stores.redis:RedisLeaseStore", "redis")
+_SQL = ("celery_leaderbeat.stores.sql:SqlLeaseStore", "sql")
 
-
-def _imported_store(module: str, extra: str) -> StoreFactory:
-    """A factory for a store whose module needs an optional extra installed."""
-    qualified, _, class_name = module.rpartition(":")
-
-    def build(url: str, settings: LeaderSettings) -> LeaseStore:
-        try:
-            store_class = getattr(importlib.import_module(qualified), class_name)
-        except ImportError as exc:
-            improperly_configured(KEY, f"{url.split(':')[0]}:// needs an optional dependency "
-                                       f"({exc}); install celery-leaderbeat[{extra}]")
-        store: LeaseStore = store_class.from_url(url, settings)
-        return store
-
-    return build
-
-
-_sql_store = _imported_store("celery_leaderbeat.stores.sql:SqlLeaseStore", "sql")
-_django_store = _imported_store("celery_leaderbeat.django.store:DjangoLeaseStore", "django")
-
-
-#: URL scheme -> the store it builds. Every store here gives fenced dispatch
-#: and shared run history; ``static`` is the one plain elector.
-STORES: dict[str, StoreFactory] = {
-    "redis": _redis_store,
-    "rediss": _redis_store,
-    "unix": _redis_store,
-    "redis+socket": _redis_store,
-    "file": _file_store,
-    "postgresql": _sql_store,
-    "postgres": _sql_store,
-    "mysql": _sql_store,
-    "mariadb": _sql_store,
-    "sqlite": _sql_store,
-    "django": _django_store,
+#: URL scheme -> (the store class, the pip extra its dependencies come with).
+#: Every store here gives fenced dispatch and shared run history; ``static``
+#: is the one plain elector. Classes are imported on first use, so a scheme's
+#: optional dependencies are needed only when it is chosen.
+STORES: dict[str, tuple[str, str | None]] = {
+    "redis": _REDIS,
+    "rediss": _REDIS,
+    "unix": _REDIS,
+    "redis+socket": _REDIS,
+    "file": ("celery_leaderbeat.stores.file:FileLeaseStore", None),
+    "postgresql": _SQL,
+    "postgres": _SQL,
+    "mysql": _SQL,
+    "mariadb": _SQL,
+    "sqlite": _SQL,
+    "django": ("celery_leaderbeat.django.store:DjangoLeaseStore", "django"),
 }
+
+
+def known_stores() -> dict[str, tuple[str, str | None]]:
+    """The alias table with the schemes that installed packages add (entry points).
+
+    A built-in scheme cannot be replaced by an entry point.
+    """
+    added = {name: (path, None) for name, path in load_extension_class_names(ENTRY_POINT_GROUP)
+             if name not in STORES}
+    return {**STORES, **added}
+
+
+def build_store(scheme: str, url: str, settings: LeaderSettings) -> LeaseStore:
+    """The store ``url`` names; ImproperlyConfigured for an unknown scheme or missing extra."""
+    table = known_stores()
+    found = table.get(scheme) or table.get(scheme.split("+")[0])
+    if found is None:
+        known = sorted([*table, "static"])
+        close = difflib.get_close_matches(scheme, known, n=1)
+        hint = f" Did you mean {close[0]}://?" if close else ""
+        improperly_configured(
+            KEY, f"no elector for the scheme {scheme!r}.{hint} Known: {', '.join(known)}")
+    path, extra = found
+    try:
+        factory: StoreFactory = symbol_by_name(path)
+    except ImportError as exc:
+        install = f"; install celery-leaderbeat[{extra}]" if extra else ""
+        improperly_configured(
+            KEY, f"{scheme}:// needs an optional dependency ({exc}){install}")
+    except AttributeError as exc:
+        improperly_configured(KEY, f"{scheme}:// names {path!r}, which cannot be loaded: {exc}")
+    store: LeaseStore = factory.from_url(url, settings)
+    return store
+
 
 STATIC_ROLES = {"leader": True, "standby": False}
 
@@ -116,9 +131,10 @@ def choose_elector(settings: LeaderSettings, default: str | None = None) -> Elec
         broker = settings.broker_url or ""
         scheme = _scheme_of(broker)
         if scheme in ("redis", "rediss", "redis+socket"):
-            return ElectorChoice(_lease(_redis_store(broker, settings), settings), implicit=True)
+            return ElectorChoice(_lease(build_store(scheme, broker, settings), settings),
+                                 implicit=True)
         path = default_file_path(settings.lease_name)
-        store = _file_store("file://" + path, settings)
+        store = build_store("file", "file://" + path, settings)
         return ElectorChoice(_lease(store, settings), implicit=True)
     return ElectorChoice(_explicit(value, settings), implicit=False)
 
@@ -147,15 +163,7 @@ def _from_url(scheme: str, url: str, settings: LeaderSettings) -> Elector:
         if role not in STATIC_ROLES:
             improperly_configured(KEY, f"{url!r}: use static://leader or static://standby")
         return StaticElector(leader=STATIC_ROLES[role])
-    base_scheme = scheme.split("+")[0] if scheme not in STORES else scheme
-    factory = STORES.get(base_scheme)
-    if factory is None:
-        known = sorted([*STORES, "static"])
-        close = difflib.get_close_matches(scheme, known, n=1)
-        hint = f" Did you mean {close[0]}://?" if close else ""
-        improperly_configured(
-            KEY, f"no elector for the scheme {scheme!r}.{hint} Known: {', '.join(known)}")
-    return _lease(factory(url, settings), settings)
+    return _lease(build_store(scheme, url, settings), settings)
 
 
 def _lease(store: LeaseStore, settings: LeaderSettings) -> LeaseElector:

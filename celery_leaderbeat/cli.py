@@ -16,7 +16,7 @@ import json
 import time
 from dataclasses import replace
 from datetime import datetime, timezone
-from typing import Any, NoReturn
+from typing import Any, Callable, NoReturn
 
 import click
 from celery.bin.base import CeleryCommand
@@ -27,7 +27,6 @@ from .backends import choose_elector
 from .lease import LeaseElector, LeaseRecord, LeaseStore, StoreUnavailable
 from .registry import LEADER, ReplicaRecord, ReplicaRegistry
 from .settings import LeaderSettings
-from .testing import wait_for
 
 __all__ = ["EXIT_NO_STORE", "EXIT_OK", "EXIT_UNHEALTHY", "SCHEMA_VERSION", "NoStore",
            "leaderbeat", "open_store", "snapshot"]
@@ -275,10 +274,12 @@ def step_down(ctx: click.Context, wait: bool, timeout: float | None, force: bool
             lease = store.read()
             return lease if lease is not None and lease.term != asked.term else None
 
-        try:
-            now_held = wait_for(moved, limit, interval=0.05)
-        except TimeoutError:
-            _fail(f"leadership did not move within {limit:.1f} s", EXIT_UNHEALTHY)
+        now_held = moved()
+        while now_held is None:
+            if time.monotonic() - started >= limit:
+                _fail(f"leadership did not move within {limit:.1f} s", EXIT_UNHEALTHY)
+            time.sleep(0.05)
+            now_held = _read_or_none(moved)
         took = time.monotonic() - started
         assert now_held is not None
         if now_held.holder == asked.holder:
@@ -287,3 +288,12 @@ def step_down(ctx: click.Context, wait: bool, timeout: float | None, force: bool
         click.echo(f"{now_held.holder} leads now (term {now_held.term}), after {took:.1f} s")
     finally:
         store.close()
+
+
+def _read_or_none(read: Callable[[], LeaseRecord | None]) -> LeaseRecord | None:
+    """One poll of the store while waiting: an error there is "not yet"."""
+    try:
+        lease: LeaseRecord | None = read()
+    except StoreUnavailable:
+        return None
+    return lease

@@ -39,7 +39,7 @@ from typing import Any
 from kombu.utils.url import maybe_sanitize_url
 
 from celery_leaderbeat.backends import default_file_path
-from celery_leaderbeat.replicas import (
+from celery_leaderbeat.testing import (
     EVERY_SECOND,
     BeatCluster,
     Publish,
@@ -47,8 +47,8 @@ from celery_leaderbeat.replicas import (
     duplicate_runs,
     first_publish_by_another,
     publishes_closer_than,
+    wait_for,
 )
-from celery_leaderbeat.testing import wait_for
 
 EXAMPLES = os.path.dirname(os.path.abspath(__file__))
 LOCAL_REDIS = ("127.0.0.1", 6379)

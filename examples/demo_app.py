@@ -3,7 +3,7 @@
 All replicas import this same module. What differs between them (their
 identity) and what the demo chooses at run time (broker, lease name, queue,
 timings) arrives through the environment, read by
-:func:`celery_leaderbeat.replicas.replica_app`. The schedule is a 1 s
+:func:`celery_leaderbeat.testing.replica_app`. The schedule is a 1 s
 interval entry and an every-minute crontab entry.
 
 The demo only records what beat publishes. To have the tasks executed as
@@ -12,7 +12,7 @@ well, start a worker on this module with the same environment.
 
 from __future__ import annotations
 
-from celery_leaderbeat.replicas import EVERY_MINUTE, EVERY_SECOND, replica_app
+from celery_leaderbeat.testing import EVERY_MINUTE, EVERY_SECOND, replica_app
 
 app = replica_app("demo_app")
 

@@ -1,6 +1,6 @@
 """Three real ``celery beat`` processes on one Redis: one publishes, failover is fast.
 
-The replicas are subprocesses started by :mod:`celery_leaderbeat.replicas`,
+The replicas are subprocesses started by :mod:`celery_leaderbeat.testing`,
 which records every message reaching the queue with its publisher's pid and
 the fencing headers. The bounds follow from the default lease timing: a
 crash is survived within TTL + retry + 1 s, a graceful stop within
@@ -15,15 +15,16 @@ from collections.abc import Iterator
 import pytest
 
 from celery_leaderbeat.lease import LeaseTiming
-from celery_leaderbeat.replicas import (
+from celery_leaderbeat.testing import (
     EVERY_SECOND,
     BeatCluster,
     Publish,
+    RedisServer,
     duplicate_runs,
     first_publish_by_another,
     publishes_closer_than,
+    wait_for,
 )
-from celery_leaderbeat.testing import RedisServer, wait_for
 
 pytestmark = pytest.mark.processes
 

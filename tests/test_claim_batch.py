@@ -24,7 +24,7 @@ from celery_leaderbeat import LeaseElector, LeaseTiming
 from celery_leaderbeat.history import RunRecord
 from celery_leaderbeat.scheduler import TERM_HEADER
 from celery_leaderbeat.stores.redis import RedisLeaseStore
-from celery_leaderbeat.testing import RedisServer
+from celery_leaderbeat.testing import RedisServer, redis_store
 
 ENTRIES = 25
 BATCH = 10
@@ -97,7 +97,7 @@ def leader_a(make_app: Callable[..., Celery], make_scheduler: Callable[..., Any]
              ) -> Iterator[tuple[Any, ClaimLog, SteppableClock]]:
     """Replica a with a long renew interval (no renewal during a test) and a steppable clock."""
     clock = SteppableClock()
-    store = ClaimLog(RedisLeaseStore.from_url(redis_server.url, lease_name).client, lease_name)
+    store = ClaimLog(redis_store(redis_server.url, lease_name).client, lease_name)
     elector = LeaseElector(store, identity="a", clock=clock,
                            timing=LeaseTiming(ttl=10, renew_interval=5, retry_interval=0.2))
     a = make_scheduler(make_app(beat_schedule=due_schedule(), leaderbeat_elector=elector), "a")
@@ -137,7 +137,7 @@ def test_a_batch_claimed_by_a_stale_term_is_refused_whole_and_publishes_nothing(
     a, store, _ = leader_a
     ticker([a], lambda: a.is_leader, timeout=10)  # leads; nothing is due yet
     store.client.delete(store.lease_key)  # the lease went away unseen by a's clock
-    b = LeaseElector(RedisLeaseStore.from_url(redis_server.url, lease_name), identity="b")
+    b = LeaseElector(redis_store(redis_server.url, lease_name), identity="b")
     assert b.is_leader()
 
     make_all_due(a)

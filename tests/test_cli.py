@@ -29,8 +29,7 @@ from celery_leaderbeat.cli import (
 )
 from celery_leaderbeat.lease import LeaseTiming
 from celery_leaderbeat.registry import Heartbeat
-from celery_leaderbeat.replicas import BeatCluster
-from celery_leaderbeat.testing import RedisServer, wait_for
+from celery_leaderbeat.testing import BeatCluster, RedisServer, wait_for
 
 pytestmark = pytest.mark.processes
 

@@ -22,8 +22,13 @@ from typing import IO, Any
 import psycopg
 import pytest
 
-from celery_leaderbeat.replicas import MessageRecorder, Publish, duplicate_runs
-from celery_leaderbeat.testing import RedisServer, wait_for
+from celery_leaderbeat.testing import (
+    MessageRecorder,
+    Publish,
+    RedisServer,
+    duplicate_runs,
+    wait_for,
+)
 
 pytestmark = pytest.mark.processes
 

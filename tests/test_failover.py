@@ -29,9 +29,8 @@ from typing import Any, Callable
 import pytest
 
 from celery_leaderbeat.lease import LeaseTiming
-from celery_leaderbeat.replicas import LEADER_SCHEDULER
-from celery_leaderbeat.stores.redis import DEFAULT_CLIENT_OPTIONS, RedisLeaseStore
-from celery_leaderbeat.testing import RedisServer, TcpProxy
+from celery_leaderbeat.stores.redis import DEFAULT_CLIENT_OPTIONS
+from celery_leaderbeat.testing import LEADER_SCHEDULER, RedisServer, TcpProxy, redis_store
 
 pytestmark = [pytest.mark.processes, pytest.mark.timeout(420)]
 
@@ -167,8 +166,8 @@ def test_a_cut_proxy_passes_nothing_and_delivers_nothing_late(
 def test_closing_the_store_under_an_interrupted_call_lets_systemexit_through(
         redis_server: RedisServer, lease_name: str) -> None:
     with TcpProxy(redis_server.port) as proxy:
-        store = RedisLeaseStore.from_url(
-            f"redis://127.0.0.1:{proxy.port}/0", lease_name, {"socket_timeout": 10})
+        store = redis_store(
+            f"redis://127.0.0.1:{proxy.port}/0", lease_name, socket_timeout=10)
         assert store.read() is None  # connected
         proxy.cut()
 

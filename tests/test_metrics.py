@@ -20,10 +20,15 @@ from celery.exceptions import ImproperlyConfigured
 from prometheus_client.parser import text_string_to_metric_families
 
 from celery_leaderbeat import LeaseElector, LeaseTiming
-from celery_leaderbeat.replicas import CONF_ENV, BeatCluster
 from celery_leaderbeat.settings import LeaderSettings
-from celery_leaderbeat.stores.redis import RedisLeaseStore
-from celery_leaderbeat.testing import RedisServer, free_port, wait_for
+from celery_leaderbeat.testing import (
+    CONF_ENV,
+    BeatCluster,
+    RedisServer,
+    free_port,
+    redis_store,
+    wait_for,
+)
 
 TIMING = LeaseTiming(ttl=4.0, renew_interval=0.8, retry_interval=0.3)
 
@@ -157,7 +162,7 @@ def test_a_claim_refused_by_the_store_is_counted(
         ticker: Callable[..., Any], redis_server: RedisServer, lease_name: str) -> None:
     """The leader's lease is lost in the store and taken by b; its next claim is refused."""
     timing = LeaseTiming(ttl=10, renew_interval=5, retry_interval=0.2)
-    store = RedisLeaseStore.from_url(redis_server.url, lease_name)
+    store = redis_store(redis_server.url, lease_name)
     port = free_port()
     a = make_scheduler(make_app(
         beat_schedule={"fast": {"task": "tests.tick", "schedule": timedelta(seconds=0.3)}},
@@ -169,7 +174,7 @@ def test_a_claim_refused_by_the_store_is_counted(
 
     ticker([a], lambda: dispatches() >= 1, timeout=10)
     store.client.delete(store.lease_key)
-    b = LeaseElector(RedisLeaseStore.from_url(redis_server.url, lease_name), identity="b",
+    b = LeaseElector(redis_store(redis_server.url, lease_name), identity="b",
                      timing=timing)
     assert b.is_leader()
     ticker([a], lambda: not a.is_leader, timeout=10)

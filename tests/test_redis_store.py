@@ -22,7 +22,7 @@ from celery_leaderbeat.lease import (
 )
 from celery_leaderbeat.registry import LEADER, STANDBY
 from celery_leaderbeat.stores.redis import RedisLeaseStore
-from celery_leaderbeat.testing import RedisServer, replica_record, wait_for
+from celery_leaderbeat.testing import RedisServer, redis_store, replica_record, wait_for
 
 FAST = LeaseTiming(ttl=2.0, renew_interval=0.5, retry_interval=0.2)
 
@@ -35,7 +35,7 @@ def own_server() -> Iterator[RedisServer]:
 
 
 def store_on(url: str, name: str, **options: object) -> RedisLeaseStore:
-    return RedisLeaseStore.from_url(url, name, options)
+    return redis_store(url, name, **options)
 
 
 def elector_on(url: str, name: str, identity: str, timing: LeaseTiming = FAST,

@@ -23,7 +23,7 @@ from celery_leaderbeat import LeaderScheduler, LeaseElector, LeaseTiming, NotLea
 from celery_leaderbeat.history import RunRecord
 from celery_leaderbeat.scheduler import LEASE_HEADER, SCHEDULED_AT_HEADER, TERM_HEADER
 from celery_leaderbeat.stores.redis import RedisLeaseStore
-from celery_leaderbeat.testing import RedisServer
+from celery_leaderbeat.testing import RedisServer, redis_store
 
 EVERY = 0.3  # seconds between runs of the fast entry
 
@@ -170,7 +170,7 @@ def test_a_standby_tries_once_per_retry_interval_even_when_its_shadow_wakes_it(
     retry); a wake-up just before the next allowed attempt must not push that
     attempt back by a whole retry interval.
     """
-    holder = LeaseElector(RedisLeaseStore.from_url(redis_server.url, lease_name),
+    holder = LeaseElector(redis_store(redis_server.url, lease_name),
                           identity="holder", timing=LeaseTiming(ttl=30, renew_interval=10))
     assert holder.is_leader()
     b = make_scheduler(make_app(beat_schedule={"fast": every(0.35)},
@@ -213,7 +213,7 @@ def test_a_new_leader_continues_from_the_shared_history(
     ticker([a], sent_by_a, timeout=20)
     a.close()
     from_a = [m for m in tap.received if m.headers["task"] == "tests.every_second"]
-    store = RedisLeaseStore.from_url(redis_server.url, lease_name)
+    store = redis_store(redis_server.url, lease_name)
     last_of_a = RunRecord.decode(store.load_history()["every-second"])
     assert last_of_a.total_run_count == len(from_a)
 
@@ -259,7 +259,7 @@ def test_a_leader_whose_lease_was_taken_publishes_nothing_and_steps_down(
     """
     timing = LeaseTiming(ttl=10, renew_interval=5, retry_interval=0.2)
     clock = SteppableClock()
-    a_store = RedisLeaseStore.from_url(redis_server.url, lease_name)
+    a_store = redis_store(redis_server.url, lease_name)
     a_elector = LeaseElector(a_store, identity="a", timing=timing, clock=clock)
     a = make_scheduler(make_app(beat_schedule={"fast": every(EVERY)},
                                 leaderbeat_elector=a_elector), "a")
@@ -267,7 +267,7 @@ def test_a_leader_whose_lease_was_taken_publishes_nothing_and_steps_down(
     a_term = a.term
 
     a_store.client.delete(a_store.lease_key)  # expired in Redis during the pause
-    b = LeaseElector(RedisLeaseStore.from_url(redis_server.url, lease_name), identity="b",
+    b = LeaseElector(redis_store(redis_server.url, lease_name), identity="b",
                      timing=timing)
     assert b.is_leader()
     if noticed_by == "clock":
@@ -310,7 +310,7 @@ def test_messages_carry_the_fencing_token(
 
 def seed_history(url: str, lease_name: str, name: str, last_run_at: datetime) -> None:
     """An earlier leader ran ``name`` at ``last_run_at`` and then went away."""
-    old = LeaseElector(RedisLeaseStore.from_url(url, lease_name), identity="old-leader")
+    old = LeaseElector(redis_store(url, lease_name), identity="old-leader")
     assert old.is_leader()
     old.claim({name: RunRecord(last_run_at, 5, old.term or 0).encode()})
     old.release()
@@ -382,7 +382,7 @@ def test_close_releases_the_lease_at_once_and_may_be_called_twice(
     term = a.term
     a.close()
     a.close()  # Celery's SIGTERM handler and the service both close
-    b = LeaseElector(RedisLeaseStore.from_url(redis_server.url, lease_name), identity="b")
+    b = LeaseElector(redis_store(redis_server.url, lease_name), identity="b")
     assert b.is_leader()  # at its first attempt, no TTL to wait out
     assert [e for e in events if e[0] == "lost"] == [("lost", "a", term, "released")]
     b.release()
@@ -448,7 +448,7 @@ def test_sigterm_in_the_middle_of_a_store_call_releases_without_deadlock(
         make_app: Callable[..., Celery], make_scheduler: Callable[..., Any],
         redis_server: RedisServer, lease_name: str) -> None:
     """As celery.beat.Service.start and beat's SIGTERM handler drive the scheduler."""
-    store = OneConnectionStore(RedisLeaseStore.from_url(redis_server.url, lease_name))
+    store = OneConnectionStore(redis_store(redis_server.url, lease_name))
     elector = LeaseElector(store, identity="a",  # type: ignore[arg-type]
                            timing=LeaseTiming(ttl=5, renew_interval=0.05, retry_interval=0.05))
     a = make_scheduler(make_app(leaderbeat_elector=elector), "a")

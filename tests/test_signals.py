@@ -18,8 +18,7 @@ from celery import Celery
 
 from celery_leaderbeat import signals
 from celery_leaderbeat.lease import LeaseTiming
-from celery_leaderbeat.replicas import BeatCluster
-from celery_leaderbeat.testing import RedisServer, wait_for
+from celery_leaderbeat.testing import BeatCluster, RedisServer, wait_for
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
 TIMING = LeaseTiming(ttl=4.0, renew_interval=0.8, retry_interval=0.3)
@@ -38,7 +37,7 @@ def write_app_module(directory: Path) -> str:
     name = "signals_app"
     (directory / f"{name}.py").write_text(
         documented_example()
-        + "\n\nfrom celery_leaderbeat.replicas import replica_app\n\napp = replica_app()\n",
+        + "\n\nfrom celery_leaderbeat.testing import replica_app\n\napp = replica_app()\n",
         encoding="utf-8")
     return name
 

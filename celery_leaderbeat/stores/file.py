@@ -25,11 +25,15 @@ import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
-from typing import Any
-from urllib.parse import quote
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, unquote, urlsplit
 
 from ..lease import Acquisition, LeaseRecord, Renewal, StoreUnavailable
 from ..registry import ReplicaRecord, StepDownRequest, sort_replicas
+from ..settings import improperly_configured
+
+if TYPE_CHECKING:
+    from ..settings import LeaderSettings
 
 __all__ = ["FileLeaseStore"]
 
@@ -40,6 +44,17 @@ def _now() -> str:
 
 class FileLeaseStore:
     """A lease held as an exclusive ``flock`` on ``path``."""
+
+    @classmethod
+    def from_url(cls, url: str, settings: LeaderSettings) -> FileLeaseStore:
+        """``file:///absolute/path``; raise ImproperlyConfigured for any other form."""
+        parts = urlsplit(url)
+        path = unquote(parts.path)
+        # file://./beat.lock would otherwise become /beat.lock: a host part is a typo.
+        if parts.netloc not in ("", "localhost") or not path or not os.path.isabs(path):
+            improperly_configured("leaderbeat_elector",
+                                  f"{url!r} needs an absolute path, as in file:///var/run/beat.lock")
+        return cls(path)
 
     def __init__(self, path: str) -> None:
         self.path = path

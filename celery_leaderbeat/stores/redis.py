@@ -26,7 +26,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from kombu.utils.url import maybe_sanitize_url
@@ -35,6 +35,9 @@ from redis.retry import Retry
 
 from ..lease import Acquisition, LeaseRecord, Renewal, StoreUnavailable
 from ..registry import STEP_DOWN_TTL, ReplicaRecord, StepDownRequest, sort_replicas
+
+if TYPE_CHECKING:
+    from ..settings import LeaderSettings
 
 __all__ = ["RedisLeaseStore"]
 
@@ -208,14 +211,17 @@ class RedisLeaseStore:
             client.register_script(script) for script in (REPLICAS, STEP_DOWN))
 
     @classmethod
-    def from_url(cls, url: str, name: str, options: Mapping[str, Any] | None = None
-                 ) -> RedisLeaseStore:
-        """Connect lazily to ``redis://``, ``rediss://`` or ``unix://`` URLs."""
+    def from_url(cls, url: str, settings: LeaderSettings) -> RedisLeaseStore:
+        """Connect lazily to ``redis://``, ``rediss://``, ``unix://`` or ``redis+socket://``.
+
+        Client options are :data:`DEFAULT_CLIENT_OPTIONS` under the user's
+        ``leaderbeat_redis_options``.
+        """
         if url.startswith("redis+socket://"):  # kombu's spelling of a unix socket
             url = "unix://" + url[len("redis+socket://"):]
-        client_options = {**DEFAULT_CLIENT_OPTIONS, **(options or {})}
+        client_options = {**DEFAULT_CLIENT_OPTIONS, **settings.redis_options}
         client = redis.Redis.from_url(url, **client_options)
-        return cls(client, name, description=maybe_sanitize_url(url))
+        return cls(client, settings.lease_name, description=maybe_sanitize_url(url))
 
     def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         try:

@@ -1,0 +1,69 @@
+"""Helpers for testing beat clusters against real servers (our own suite uses them too).
+
+Nothing here is imported by the runtime; one module per helper:
+
+- :mod:`.redis_server`: :class:`RedisServer`, a private ``redis-server`` on a
+  free loopback port that a test may stop, restart, pause or kill.
+- :mod:`.proxy`: :class:`TcpProxy`, a loopback relay a test can cut, so a
+  server becomes unreachable for some clients only.
+- :mod:`.waiting`: :func:`wait_for`, wait on a condition with a deadline.
+- :mod:`.ports`, :mod:`.processes`, :mod:`.records`: free ports, children
+  that die with their parent, heartbeat records for registry tests.
+- :mod:`.beat_cluster`: :class:`BeatCluster`, K real ``celery beat``
+  replicas with fault injection; :func:`replica_app`, the app they run.
+- :mod:`.publishes`: :class:`MessageRecorder` and the judges of what a
+  cluster published (duplicates, gaps, first publish by another replica).
+"""
+
+from .beat_cluster import (
+    CONF_ENV,
+    DEFAULT_SCHEDULE,
+    EVERY_MINUTE,
+    EVERY_SECOND,
+    LEADER_SCHEDULER,
+    SCHEDULE_ENV,
+    BeatCluster,
+    Replica,
+    beat_schedule,
+    replica_app,
+)
+from .ports import free_port
+from .processes import death_signal_setter
+from .proxy import TcpProxy
+from .publishes import (
+    MessageRecorder,
+    Publish,
+    duplicate_runs,
+    first_publish_by_another,
+    publishes_closer_than,
+)
+from .records import replica_record
+from .redis_server import RedisServer
+from .stores import redis_store, store_settings
+from .waiting import wait_for
+
+__all__ = [
+    "CONF_ENV",
+    "DEFAULT_SCHEDULE",
+    "EVERY_MINUTE",
+    "EVERY_SECOND",
+    "LEADER_SCHEDULER",
+    "SCHEDULE_ENV",
+    "BeatCluster",
+    "MessageRecorder",
+    "Publish",
+    "RedisServer",
+    "Replica",
+    "TcpProxy",
+    "beat_schedule",
+    "death_signal_setter",
+    "duplicate_runs",
+    "first_publish_by_another",
+    "free_port",
+    "publishes_closer_than",
+    "redis_store",
+    "replica_app",
+    "replica_record",
+    "store_settings",
+    "wait_for",
+]
