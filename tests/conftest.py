@@ -8,6 +8,7 @@ here, so parallel runs by other people cannot collide with ours.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 import uuid
@@ -23,6 +24,19 @@ from kombu.message import Message
 
 from celery_leaderbeat import LeaderScheduler
 from celery_leaderbeat.testing import RedisServer, wait_for
+
+#: Set to 1 to run the long scenarios too (``make test-all`` does; ``make test`` and CI don't).
+SLOW_ENV = "LEADERBEAT_TEST_SLOW"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip tests marked ``slow`` unless LEADERBEAT_TEST_SLOW=1 (long failover scenarios)."""
+    if os.environ.get(SLOW_ENV) == "1":
+        return
+    skip = pytest.mark.skip(reason=f"a long scenario: set {SLOW_ENV}=1 (make test-all) to run it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
