@@ -120,7 +120,7 @@ class LeaderSchedulerMixin:
             self.elector.close()
             improperly_configured(
                 exc.setting, f"the store {self.elector.describe()} refuses this replica: "
-                f"{exc.cause}")
+                f"{exc.cause.rstrip('.')}")
         except StoreUnavailable as exc:
             logger.warning("leaderbeat: the store %s is unavailable at start-up; %s starts "
                            "as a standby and leads once it is back: %s",

@@ -36,7 +36,7 @@ from redis.retry import Retry
 
 from ..lease import Acquisition, LeaseRecord, Renewal, StoreMisconfigured, StoreUnavailable
 from ..registry import STEP_DOWN_TTL, ReplicaRecord, StepDownRequest, sort_replicas
-from .redis_options import client_options, is_brokers_redis
+from .redis_options import client_options, setting_of
 
 if TYPE_CHECKING:
     from ..settings import LeaderSettings
@@ -227,9 +227,8 @@ class RedisLeaseStore:
         """
         target, options = client_options(url, settings)
         client = redis.Redis.from_url(target, **{**DEFAULT_CLIENT_OPTIONS, **options})
-        setting = "broker_url" if is_brokers_redis(url, settings) else "leaderbeat_elector"
         return cls(client, settings.lease_name, description=_describe(target, options),
-                   setting=setting)
+                   setting=setting_of(url, settings))
 
     def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         try:
@@ -367,7 +366,7 @@ def store_error(error: redis.RedisError, setting: str) -> StoreUnavailable:
 
 def _describe(target: str, options: Mapping[str, Any]) -> str:
     """The store for banners and logs: URL without password, database, TLS verification."""
-    shown: str = maybe_sanitize_url(target)
+    shown: str = maybe_sanitize_url(target).rstrip("/")
     if target.startswith("unix://"):
         return shown + (f"?db={options['db']}" if options.get("db") else "")
     shown += f"/{options.get('db', 0)}"

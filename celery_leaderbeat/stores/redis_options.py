@@ -54,7 +54,8 @@ from ..settings import first_url, improperly_configured
 if TYPE_CHECKING:
     from ..settings import LeaderSettings
 
-__all__ = ["BROKER_TRANSPORT_OPTIONS", "CERT_REQS", "client_options", "is_brokers_redis"]
+__all__ = ["BROKER_TRANSPORT_OPTIONS", "CERT_REQS", "client_options", "is_brokers_redis",
+           "setting_of"]
 
 ELECTOR = "leaderbeat_elector"
 
@@ -118,18 +119,24 @@ QUERY: dict[str, Callable[[str], Any]] = {
 _TLS_KEYS = frozenset(name for name in QUERY if name.startswith("ssl_"))
 
 
-def is_brokers_redis(url: str, settings: LeaderSettings | None) -> bool:
+def is_brokers_redis(url: Any, settings: LeaderSettings | None) -> bool:
     """True when ``url`` is the broker's, used because ``leaderbeat_elector`` is unset."""
     return (settings is not None and settings.elector is None
             and settings.broker_url is not None and first_url(url) == settings.broker_url)
 
 
+def setting_of(url: Any, settings: LeaderSettings | None) -> str:
+    """The setting ``url`` came from: ``broker_url`` for the broker's Redis, else
+    ``leaderbeat_elector``; errors and permanent store refusals name it."""
+    return "broker_url" if is_brokers_redis(url, settings) else ELECTOR
+
+
 def client_options(url: Any, settings: LeaderSettings | None = None, *,
-                   setting: str = ELECTOR) -> tuple[str, dict[str, Any]]:
+                   setting: str | None = None) -> tuple[str, dict[str, Any]]:
     """``(redis_py_url, kwargs)`` for ``redis.Redis.from_url(redis_py_url, **kwargs)``.
 
     ``url`` is any form the module docstring lists; ``setting`` is the
-    setting it came from, named in errors. ``settings`` adds
+    setting it came from, named in errors (default: :func:`setting_of`). ``settings`` adds
     ``leaderbeat_redis_options`` (applied last) and, when ``url`` is the
     broker's (:func:`is_brokers_redis`), ``broker_use_ssl`` and
     ``broker_transport_options``. The returned URL is ``redis://``,
@@ -142,6 +149,7 @@ def client_options(url: Any, settings: LeaderSettings | None = None, *,
     query parameter or value, a database that is not a number, or TLS asked
     for on a unix socket. Never contacts the server.
     """
+    setting = setting or setting_of(url, settings)
     first = first_url(url)
     if first is None:
         improperly_configured(setting, f"got {maybe_sanitize_url(url)!r}")
