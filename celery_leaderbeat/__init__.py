@@ -15,6 +15,7 @@ from .lease import (
     LeaseStore,
     LeaseTiming,
     Renewal,
+    StoreMisconfigured,
     StoreUnavailable,
 )
 from .scheduler import LeaderScheduler, LeaderSchedulerMixin
@@ -36,6 +37,7 @@ __all__ = [
     "NotLeader",
     "Renewal",
     "StaticElector",
+    "StoreMisconfigured",
     "StoreUnavailable",
     "__version__",
 ]

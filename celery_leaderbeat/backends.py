@@ -140,6 +140,8 @@ def choose_elector(settings: LeaderSettings, default: str | None = None) -> Elec
 
 
 def _explicit(value: Any, settings: LeaderSettings) -> Elector:
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+        value = ";".join(value)  # Celery's failover list: the store uses the first URL
     if isinstance(value, str):
         scheme = _scheme_of(value)
         if scheme is not None:

@@ -7,7 +7,10 @@ same store the replicas use; none of them joins the election.
 Exit codes: 0 fine; 1 no live leader, the store cannot be read, or a
 step-down did not move leadership; 3 the configured elector keeps no lease
 in a store (static, callable or custom electors), so there is nothing to
-answer with.
+answer with; 4 the store refuses these settings for a reason that waiting
+will not heal (wrong password, missing permission, unknown database, failed
+certificate check): the command connects exactly as the replicas do, so
+they are refused too, and stay standbys until the setting it names is fixed.
 """
 
 from __future__ import annotations
@@ -24,16 +27,17 @@ from celery.exceptions import ImproperlyConfigured
 from celery.utils.imports import load_extension_class_names, symbol_by_name
 
 from .backends import choose_elector
-from .lease import LeaseElector, LeaseRecord, LeaseStore, StoreUnavailable
+from .lease import LeaseElector, LeaseRecord, LeaseStore, StoreMisconfigured, StoreUnavailable
 from .registry import LEADER, ReplicaRecord, ReplicaRegistry
 from .settings import LeaderSettings
 
-__all__ = ["EXIT_NO_STORE", "EXIT_OK", "EXIT_UNHEALTHY", "SCHEMA_VERSION", "NoStore",
-           "leaderbeat", "open_store", "snapshot"]
+__all__ = ["EXIT_MISCONFIGURED", "EXIT_NO_STORE", "EXIT_OK", "EXIT_UNHEALTHY", "SCHEMA_VERSION",
+           "NoStore", "leaderbeat", "open_store", "snapshot"]
 
 EXIT_OK = 0
 EXIT_UNHEALTHY = 1
 EXIT_NO_STORE = 3
+EXIT_MISCONFIGURED = 4
 
 #: Version of the ``status --json`` document; it grows only by new keys.
 SCHEMA_VERSION = 1
@@ -93,10 +97,16 @@ def snapshot(settings: LeaderSettings, store: LeaseStore) -> dict[str, Any]:
         "replicas": None,
         "healthy": False,
         "reason": "",
+        "misconfigured": None,
     }
     try:
         lease = store.read()
         replicas = store.replicas() if isinstance(store, ReplicaRegistry) else None
+    except StoreMisconfigured as exc:
+        doc["misconfigured"] = {"setting": exc.setting, "cause": exc.cause}
+        doc["reason"] = (f"store misconfigured: {store.description} refuses these settings "
+                         f"(so every replica using them stays a standby): {exc}")
+        return doc
     except StoreUnavailable as exc:
         doc["reason"] = f"cannot read the store {store.description}: {exc}"
         return doc
@@ -170,14 +180,21 @@ def _fail(message: str, code: int) -> NoReturn:
 @click.option("--json", "as_json", is_flag=True, help="One JSON document, for machines.")
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
-    """The lease and the live replicas. Exit 1 without a live leader."""
+    """The lease and the live replicas. Exit 1 without a live leader, 4 when the
+    store refuses these settings for good."""
     settings, store = _store_or_exit(ctx)
     try:
         doc = snapshot(settings, store)
     finally:
         store.close()
     click.echo(json.dumps(doc, indent=2) if as_json else render(doc))
-    ctx.exit(EXIT_OK if doc["healthy"] else EXIT_UNHEALTHY)
+    ctx.exit(_exit_code(doc))
+
+
+def _exit_code(doc: dict[str, Any]) -> int:
+    if doc["healthy"]:
+        return EXIT_OK
+    return EXIT_MISCONFIGURED if doc["misconfigured"] else EXIT_UNHEALTHY
 
 
 def render(doc: dict[str, Any]) -> str:
@@ -224,14 +241,15 @@ def _when(stamp: str | None, now: datetime) -> str:
 @leaderbeat.command(cls=CeleryCommand)
 @click.pass_context
 def health(ctx: click.Context) -> None:
-    """Exit 0 when a live leader holds a fresh lease, else non-zero; one line why."""
+    """Exit 0 when a live leader holds a fresh lease, else non-zero (4: the store
+    refuses these settings for good); one line why."""
     settings, store = _store_or_exit(ctx)
     try:
         doc = snapshot(settings, store)
     finally:
         store.close()
     if not doc["healthy"]:
-        _fail(f"unhealthy: {doc['reason']}", EXIT_UNHEALTHY)
+        _fail(f"unhealthy: {doc['reason']}", _exit_code(doc))
     click.echo(f"healthy: {doc['reason']}")
 
 

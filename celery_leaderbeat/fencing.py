@@ -78,10 +78,16 @@ class RedisTermRegister:
         self._observe = client.register_script(OBSERVE)
 
     @classmethod
-    def from_url(cls, url: str, **options: Any) -> RedisTermRegister:
+    def from_url(cls, url: Any, **options: Any) -> RedisTermRegister:
+        """Any Redis URL form a ``broker_url`` may take (see
+        :mod:`celery_leaderbeat.stores.redis_options`); ImproperlyConfigured
+        naming ``leaderbeat_fencing_url`` for one it cannot honour."""
         import redis
 
-        return cls(redis.Redis.from_url(url, **options))
+        from .stores.redis_options import client_options
+
+        target, parsed = client_options(url, setting="leaderbeat_fencing_url")
+        return cls(redis.Redis.from_url(target, **{**parsed, **options}))
 
     def observe(self, lease: str, term: int) -> int:
         return int(self._observe(keys=[self.key], args=[lease, term]))
@@ -100,18 +106,18 @@ _registers: dict[str, TermRegister] = {}
 _registers_lock = threading.Lock()
 
 
-FENCING_SCHEMES = ("redis://", "rediss://", "unix://")
-
-
 def register_for(app: Any) -> TermRegister:
     """One register per process and configuration: shared Redis, or local memory."""
-    url = app.conf.get("leaderbeat_fencing_url") or ""
-    if url and not (isinstance(url, str) and url.startswith(FENCING_SCHEMES)):
-        improperly_configured("leaderbeat_fencing_url", f"got {url!r}")
+    value = app.conf.get("leaderbeat_fencing_url") or ""
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        value = ";".join(value)
+    if not isinstance(value, str):
+        improperly_configured("leaderbeat_fencing_url", f"got {value!r}")
     with _registers_lock:
-        if url not in _registers:
-            _registers[url] = RedisTermRegister.from_url(url) if url else LocalTermRegister()
-        return _registers[url]
+        if value not in _registers:
+            _registers[value] = RedisTermRegister.from_url(value) if value \
+                else LocalTermRegister()
+        return _registers[value]
 
 
 class FencedTask(Task):  # type: ignore[misc]

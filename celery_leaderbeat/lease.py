@@ -39,6 +39,7 @@ __all__ = [
     "LeaseStore",
     "LeaseTiming",
     "Renewal",
+    "StoreMisconfigured",
     "StoreUnavailable",
 ]
 
@@ -124,6 +125,25 @@ class Renewal(Enum):
 
 class StoreUnavailable(Exception):
     """The store could not be reached or answered with an error."""
+
+
+class StoreMisconfigured(StoreUnavailable):
+    """The store refused this replica for a reason that waiting will not heal.
+
+    A wrong password (``WRONGPASS``/``NOAUTH``), a missing permission
+    (``NOPERM``), an unknown database, a certificate that fails verification,
+    a lock file the process may not open. Still a StoreUnavailable, so code
+    that only knows "not now" keeps working; the scheduler refuses to start on
+    one and reports one seen later at ERROR (see ``LeaderSchedulerMixin``).
+
+    ``setting`` names the setting to fix; ``cause`` says what the store
+    answered and never contains a secret.
+    """
+
+    def __init__(self, cause: str, setting: str = "leaderbeat_elector") -> None:
+        super().__init__(f"{cause} (check {setting})")
+        self.cause = cause
+        self.setting = setting
 
 
 class LeaseHeld(NotLeader):
@@ -245,6 +265,7 @@ class LeaseElector:
         self._hold_until = 0.0
         self._refusal: NotLeader = NotLeader("no acquire attempt yet")
         self._renew_error: StoreUnavailable | None = None
+        self._misconfigured: StoreMisconfigured | None = None
 
     # -- what the scheduler asks -------------------------------------------------
 
@@ -268,6 +289,20 @@ class LeaseElector:
         if self._term is None:
             raise self._refusal
         return True
+
+    @property
+    def misconfigured(self) -> StoreMisconfigured | None:
+        """The store's answer to the latest acquire or renew, if it was a permanent
+        refusal (cleared by the next answer that is not)."""
+        return self._misconfigured
+
+    def probe(self) -> None:
+        """Read the lease once, to learn at start-up whether the store accepts us.
+
+        Raises StoreMisconfigured (permanent) or StoreUnavailable (maybe
+        transient); takes nothing and writes nothing.
+        """
+        self.store.read()
 
     def seconds_until_renewal(self) -> float:
         """How long the leader may sleep before it must renew (0 when not leading)."""
@@ -353,8 +388,9 @@ class LeaseElector:
             # Keep leading until the local deadline; try again soon.
             self._renew_at = min(now + self.timing.retry_interval, self._deadline)
             self._renew_error = exc
+            self._misconfigured = _permanent(exc)
             return
-        self._renew_error = None
+        self._renew_error = self._misconfigured = None
         if renewed is Renewal.RENEWED:
             self._deadline = sent_at + self.timing.local_validity
             self._renew_at = sent_at + self.timing.renew_interval
@@ -372,8 +408,11 @@ class LeaseElector:
             outcome = self.store.acquire(self.owner, self.identity, self.timing.ttl,
                                          beat=beat, take=take)
         except StoreUnavailable as exc:
-            self._refusal = NotLeader(f"store unavailable: {exc}")
+            self._misconfigured = _permanent(exc)
+            kind = "store misconfigured" if self._misconfigured else "store unavailable"
+            self._refusal = NotLeader(f"{kind}: {exc}")
             return
+        self._misconfigured = None
         if outcome.acquired:
             self._term = outcome.lease.term
             self._deadline = sent_at + self.timing.local_validity
@@ -404,3 +443,7 @@ class LeaseElector:
 
     def __repr__(self) -> str:
         return f"LeaseElector({self.store.description}, identity={self.identity!r})"
+
+
+def _permanent(error: StoreUnavailable) -> StoreMisconfigured | None:
+    return error if isinstance(error, StoreMisconfigured) else None

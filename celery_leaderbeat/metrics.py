@@ -6,8 +6,8 @@ itself never requires it. Each scheduler gets its own collector registry, so
 several schedulers in one process never collide.
 
 Leadership changes reach the metrics through the leadership signals; the
-scheduler itself reports only what no signal carries: lease renewals and
-dispatches.
+scheduler itself reports only what no signal carries: lease renewals,
+dispatches and a store that refuses the replica for good.
 
 ==========================================  =========  =================================
 name                                        type       meaning
@@ -22,6 +22,9 @@ name                                        type       meaning
 ``leaderbeat_fenced_out_claims_total``      counter    claims the store refused
 ``leaderbeat_lease_renewal_seconds``        histogram  time of a lease renewal
 ``leaderbeat_dispatch_lateness_seconds``    histogram  publish time minus scheduled time
+``leaderbeat_store_misconfigured``          gauge      1 while the store refuses this
+                                                       replica for good (password, TLS,
+                                                       database, permission)
 ==========================================  =========  =================================
 """
 
@@ -86,6 +89,11 @@ class BeatMetrics:
             "leaderbeat_dispatch_lateness_seconds",
             "Publish time minus the time the run was scheduled for.",
             buckets=LATENESS_BUCKETS, registry=r)
+        self.misconfigured = prom.Gauge(
+            "leaderbeat_store_misconfigured",
+            "1 while the store refuses this replica for a reason waiting will not heal "
+            "(wrong password, missing permission, unknown database, failed certificate "
+            "check), else 0.", registry=r)
         self._server: Any = None
         self._scheduler = scheduler
         signals.leadership_gained.connect(self._on_gained, sender=scheduler)
@@ -123,6 +131,10 @@ class BeatMetrics:
 
     def _on_observed(self, sender: Any, leader_term: int | None = None, **kwargs: Any) -> None:
         self.term.set(leader_term or 0)
+
+    def store_misconfigured(self, refused: bool) -> None:
+        """Whether the store's latest answer was a permanent refusal."""
+        self.misconfigured.set(1 if refused else 0)
 
     def renewed(self, seconds: float) -> None:
         self.renewal.observe(seconds)

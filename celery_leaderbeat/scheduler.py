@@ -31,10 +31,17 @@ from . import signals
 from .backends import choose_elector
 from .elector import Elector, NotLeader
 from .history import RunRecord, apply_history, decode_history
-from .lease import FencedOut, LeadershipLost, LeaseElector, LeaseHeld, StoreUnavailable
+from .lease import (
+    FencedOut,
+    LeadershipLost,
+    LeaseElector,
+    LeaseHeld,
+    StoreMisconfigured,
+    StoreUnavailable,
+)
 from .metrics import BeatMetrics
 from .registry import Heartbeat, registry_of
-from .settings import LeaderSettings
+from .settings import LeaderSettings, improperly_configured
 from .stores.file import FileLeaseStore
 
 __all__ = ["SCHEDULED_AT_HEADER", "TERM_HEADER", "LeaderScheduler", "LeaderSchedulerMixin"]
@@ -67,6 +74,10 @@ class LeaderSchedulerMixin:
     _busy = 0  # tick() and sync() calls in progress (see close)
     _close_deferred = False
     _base_next = 0.0  # monotonic time the leader's base scheduler asked to tick again
+    #: Seconds between ERROR lines while the store refuses this replica for good
+    #: (a rotated password): often enough to be seen, rarely enough not to flood.
+    misconfigured_log_interval = 60.0
+    _misconfigured_logged: tuple[str, float] | None = None  # (message, monotonic time)
 
     def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
         self.leader_settings = LeaderSettings.from_app(app)
@@ -87,9 +98,33 @@ class LeaderSchedulerMixin:
             self.elector.heartbeat = Heartbeat(
                 self.leader_settings.identity, max(timing.renew_interval, timing.retry_interval))
         self.metrics: BeatMetrics | None = None
-        super().__init__(app, *args, **kwargs)  # type: ignore[call-arg]
         if not kwargs.get("lazy"):  # beat builds a lazy one just for its banner
+            self._probe_store()
+        super().__init__(app, *args, **kwargs)  # type: ignore[call-arg]
+        if not kwargs.get("lazy"):
             self.metrics = BeatMetrics.serve(self)
+
+    def _probe_store(self) -> None:
+        """Ask the store once before beat's loop: stop now if it can never accept us.
+
+        A permanent refusal (StoreMisconfigured: wrong password, unknown
+        database, failed certificate check, ...) raises ImproperlyConfigured
+        naming the setting to fix; a store that is merely down lets beat start
+        as a standby, which leads once the store is back.
+        """
+        if not isinstance(self.elector, LeaseElector):
+            return
+        try:
+            self.elector.probe()
+        except StoreMisconfigured as exc:
+            self.elector.close()
+            improperly_configured(
+                exc.setting, f"the store {self.elector.describe()} refuses this replica: "
+                f"{exc.cause.rstrip('.')}")
+        except StoreUnavailable as exc:
+            logger.warning("leaderbeat: the store %s is unavailable at start-up; %s starts "
+                           "as a standby and leads once it is back: %s",
+                           self.elector.describe(), self.leader_settings.identity, exc)
 
     # -- the tick ----------------------------------------------------------------
 
@@ -187,6 +222,7 @@ class LeaderSchedulerMixin:
             leader, refusal = False, exc
         except Exception as exc:  # a custom elector's bug must not stop beat
             leader, refusal = False, NotLeader(f"elector raised {exc!r}")
+        misconfigured = self._report_misconfigured()
         if leader:
             if self._leading and self.term != self._leading_term:
                 # A new term is a new leadership, even without a "no" in between:
@@ -200,6 +236,8 @@ class LeaderSchedulerMixin:
         if self._leading:
             cause = getattr(refusal, "cause", "elector")
             self._stop_leading(str(refusal), cause=cause)
+        elif misconfigured:
+            self._last_refusal = str(refusal)
         elif str(refusal) != self._last_refusal:
             logger.info("leaderbeat: %s is a standby: %s",
                         self.leader_settings.identity, refusal)
@@ -207,6 +245,31 @@ class LeaderSchedulerMixin:
         if isinstance(refusal, LeaseHeld):
             self._observe(refusal)
         return False
+
+    def _report_misconfigured(self) -> bool:
+        """Log at ERROR, and again every ``misconfigured_log_interval`` seconds,
+        while the store refuses this replica for good; keep the metric true.
+
+        The replica stays a standby meanwhile (the refusal may be fixed in
+        the store, as by restoring the password, without restarting beat).
+        """
+        error = getattr(self.elector, "misconfigured", None)
+        if self.metrics is not None:
+            self.metrics.store_misconfigured(error is not None)
+        if error is None:
+            self._misconfigured_logged = None
+            return False
+        now, message = time.monotonic(), str(error)
+        last = self._misconfigured_logged
+        if last is None or last[0] != message or now - last[1] >= self.misconfigured_log_interval:
+            self._misconfigured_logged = (message, now)
+            logger.error(
+                "leaderbeat: %s cannot use the store %s, which refuses it for a reason "
+                "that waiting will not heal: %s. It stays a standby until this is fixed "
+                "(repeated every %.0f s).", self.leader_settings.identity,
+                self.elector.describe(), message,  # type: ignore[attr-defined]
+                self.misconfigured_log_interval)
+        return True
 
     def _signal_args(self) -> dict[str, Any]:
         return {

@@ -18,7 +18,7 @@ from celery.exceptions import ImproperlyConfigured
 
 from .lease import LeaseTiming
 
-__all__ = ["SETTINGS", "LeaderSettings", "Setting", "improperly_configured"]
+__all__ = ["SETTINGS", "LeaderSettings", "Setting", "first_url", "improperly_configured"]
 
 CATCH_UP_POLICIES = ("once", "skip")
 
@@ -97,7 +97,8 @@ SETTINGS = {
         Setting(
             "leaderbeat_fencing_url",
             None,
-            "a redis://, rediss:// or unix:// URL",
+            "a Redis URL in any form broker_url takes (redis://, rediss://, unix://, "
+            "redis+socket://, with kombu's query parameters)",
             "Worker side, for FencedTask: where the newest term seen is kept, shared by all "
             "workers. Unset: each worker process remembers on its own.",
         ),
@@ -172,6 +173,10 @@ class LeaderSettings:
     metrics_address: tuple[str, int] | None = None
     sql_table: str = "leaderbeat_lease"
     sql_engine_options: dict[str, Any] = field(default_factory=dict)
+    #: Celery's ``broker_use_ssl`` and ``broker_transport_options``: used only by
+    #: the store that reuses the broker's Redis (``leaderbeat_elector`` unset).
+    broker_use_ssl: Any = None
+    broker_transport_options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_app(cls, app: Any, identity: Callable[[], str] | None = None) -> LeaderSettings:
@@ -209,6 +214,16 @@ class LeaderSettings:
         if not isinstance(sql_engine_options, Mapping):
             improperly_configured("leaderbeat_sql_engine_options", f"got {sql_engine_options!r}")
 
+        # Celery's connection settings, for the store that reuses the broker's Redis.
+        broker_use_ssl = getattr(conf, "broker_use_ssl", None)
+        if broker_use_ssl is not None and not isinstance(broker_use_ssl, (bool, Mapping)):
+            improperly_configured("broker_use_ssl", f"got {broker_use_ssl!r}; expected a dict "
+                                  "of ssl_* options or True")
+        transport_options = getattr(conf, "broker_transport_options", None) or {}
+        if not isinstance(transport_options, Mapping):
+            improperly_configured("broker_transport_options", f"got {transport_options!r}; "
+                                  "expected a dict")
+
         return cls(
             elector=conf.get("leaderbeat_elector"),
             lease_name=lease_name,
@@ -216,7 +231,9 @@ class LeaderSettings:
             timing=timing,
             redis_options=dict(redis_options),
             catch_up=catch_up,
-            broker_url=_first_broker_url(getattr(conf, "broker_url", None)),
+            broker_url=first_url(getattr(conf, "broker_url", None)),
+            broker_use_ssl=broker_use_ssl,
+            broker_transport_options=dict(transport_options),
             metrics_address=_metrics_address(conf.get("leaderbeat_metrics_port")),
             sql_table=sql_table,
             sql_engine_options=dict(sql_engine_options),
@@ -233,8 +250,12 @@ def _metrics_address(value: Any) -> tuple[str, int] | None:
     return address.strip("[]"), int(port)
 
 
-def _first_broker_url(value: Any) -> str | None:
-    """Celery allows failover lists (``;``-separated or a list); lead with the first."""
+def first_url(value: Any) -> str | None:
+    """The first URL of a Celery failover list (``"a;b"``, a list or a tuple), or None.
+
+    A lease lives in one place: a store never moves to the list's other URLs
+    (see :mod:`celery_leaderbeat.stores.redis_options`).
+    """
     if isinstance(value, (list, tuple)):
         value = value[0] if value else None
     if isinstance(value, str):

@@ -77,3 +77,19 @@ def test_a_bad_fencing_url_names_the_setting() -> None:
     app.conf.leaderbeat_fencing_url = "reddis://localhost"
     with pytest.raises(ImproperlyConfigured, match="leaderbeat_fencing_url"):
         register_for(app)
+
+
+def test_the_fencing_url_takes_every_form_a_broker_url_takes() -> None:
+    """kombu's spellings and failover lists, as for the lease store (issue 11)."""
+    from celery_leaderbeat.fencing import register_for
+    from celery_leaderbeat.testing import free_port
+
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    lease = f"fencing-{uuid.uuid4().hex}"
+    with RedisServer() as server:
+        for form in ([server.url, dead], f"{server.url};{dead}",
+                     f"{server.url}?socket_timeout=2&client_name=fencing"):
+            app = Celery("fencing_forms", set_as_current=False)
+            app.conf.leaderbeat_fencing_url = form
+            assert register_for(app).observe(lease, 5) == 5, form
+        assert server.client().hget(RedisTermRegister.key, lease) == b"5"

@@ -18,6 +18,7 @@ kernel keeps the lock), so one local file read costs nothing that matters.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -28,7 +29,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit
 
-from ..lease import Acquisition, LeaseRecord, Renewal, StoreUnavailable
+from ..lease import Acquisition, LeaseRecord, Renewal, StoreMisconfigured, StoreUnavailable
 from ..registry import ReplicaRecord, StepDownRequest, sort_replicas
 from ..settings import improperly_configured
 
@@ -75,7 +76,7 @@ class FileLeaseStore:
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
-            raise StoreUnavailable(f"cannot read {self.state_path}: {exc}") from exc
+            raise _os_error(f"cannot read {self.state_path}", exc) from exc
         return state
 
     def _write_state(self, state: dict[str, Any]) -> None:
@@ -110,7 +111,7 @@ class FileLeaseStore:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise StoreUnavailable(f"cannot open {self.path}: {exc}") from exc
+            raise _os_error(f"cannot open {self.path}", exc) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -119,7 +120,7 @@ class FileLeaseStore:
             return Acquisition(False, LeaseRecord(lease.get("identity"), lease.get("term", 0)))
         except OSError as exc:
             os.close(fd)
-            raise StoreUnavailable(f"cannot lock {self.path}: {exc}") from exc
+            raise _os_error(f"cannot lock {self.path}", exc) from exc
         try:
             state = self._read_state()
             term = int(state.get("term", 0)) + 1
@@ -161,7 +162,7 @@ class FileLeaseStore:
         except FileNotFoundError:
             return False
         except OSError as exc:
-            raise StoreUnavailable(f"cannot read {self.step_down_path}: {exc}") from exc
+            raise _os_error(f"cannot read {self.step_down_path}", exc) from exc
         return True
 
     def release(self, owner: str, term: int) -> bool:
@@ -204,7 +205,7 @@ class FileLeaseStore:
         except FileNotFoundError:
             return False
         except OSError as exc:
-            raise StoreUnavailable(f"cannot open {self.path}: {exc}") from exc
+            raise _os_error(f"cannot open {self.path}", exc) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -261,7 +262,7 @@ class FileLeaseStore:
         try:
             os.makedirs(self.replicas_dir, exist_ok=True)
         except OSError as exc:
-            raise StoreUnavailable(f"cannot create {self.replicas_dir}: {exc}") from exc
+            raise _os_error(f"cannot create {self.replicas_dir}", exc) from exc
         self._live_replicas(now)  # drops the files of replicas gone silent
         beat = {"record": record.encode(), "beat_at": now, "expires_at": now + ttl}
         _replace(self._replica_path(record.identity), beat)
@@ -272,7 +273,7 @@ class FileLeaseStore:
         except FileNotFoundError:
             return []
         except OSError as exc:
-            raise StoreUnavailable(f"cannot list {self.replicas_dir}: {exc}") from exc
+            raise _os_error(f"cannot list {self.replicas_dir}", exc) from exc
         live = []
         for name in names:
             path = os.path.join(self.replicas_dir, name)
@@ -314,6 +315,19 @@ class FileLeaseStore:
         return f"FileLeaseStore({self.path!r})"
 
 
+#: What a path refuses for good: permissions, a read-only mount, a file where a
+#: directory should be. The setting to fix is the path in leaderbeat_elector.
+PERMANENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR,
+                              errno.EISDIR})
+
+
+def _os_error(what: str, error: Exception) -> StoreUnavailable:
+    """StoreMisconfigured when ``error`` cannot heal by waiting, else StoreUnavailable."""
+    if isinstance(error, OSError) and error.errno in PERMANENT_ERRNOS:
+        return StoreMisconfigured(f"{what}: {error}")
+    return StoreUnavailable(f"{what}: {error}")
+
+
 def _replace(path: str, data: Any) -> None:
     """Write ``data`` as JSON to ``path`` by atomic rename: readers see old or new, never half."""
     try:
@@ -323,7 +337,7 @@ def _replace(path: str, data: Any) -> None:
             json.dump(data, fh)
         os.replace(tmp, path)
     except OSError as exc:
-        raise StoreUnavailable(f"cannot write {path}: {exc}") from exc
+        raise _os_error(f"cannot write {path}", exc) from exc
 
 
 def _parse(value: str | None) -> datetime | None:

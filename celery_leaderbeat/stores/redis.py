@@ -23,6 +23,7 @@ once a second on average since the counter was first seeded.
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -33,8 +34,9 @@ from kombu.utils.url import maybe_sanitize_url
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..lease import Acquisition, LeaseRecord, Renewal, StoreUnavailable
+from ..lease import Acquisition, LeaseRecord, Renewal, StoreMisconfigured, StoreUnavailable
 from ..registry import STEP_DOWN_TTL, ReplicaRecord, StepDownRequest, sort_replicas
+from .redis_options import client_options, setting_of
 
 if TYPE_CHECKING:
     from ..settings import LeaderSettings
@@ -191,10 +193,13 @@ def _text(raw: Any) -> str | None:
 class RedisLeaseStore:
     """A lease and its run history under one name in one Redis."""
 
-    def __init__(self, client: redis.Redis, name: str, *, description: str = "redis") -> None:
+    def __init__(self, client: redis.Redis, name: str, *, description: str = "redis",
+                 setting: str = "leaderbeat_elector") -> None:
         self.client = client
         self.name = name
         self.description = description
+        #: The setting a permanent refusal points at (see :func:`store_error`).
+        self.setting = setting
         prefix = f"leaderbeat:{{{name}}}"
         self.lease_key = f"{prefix}:lease"
         self.meta_key = f"{prefix}:meta"
@@ -214,20 +219,22 @@ class RedisLeaseStore:
     def from_url(cls, url: str, settings: LeaderSettings) -> RedisLeaseStore:
         """Connect lazily to ``redis://``, ``rediss://``, ``unix://`` or ``redis+socket://``.
 
-        Client options are :data:`DEFAULT_CLIENT_OPTIONS` under the user's
-        ``leaderbeat_redis_options``.
+        Every form Celery accepts as a Redis ``broker_url`` works (kombu's
+        query parameters, failover lists, ``broker_use_ssl``): see
+        :func:`.redis_options.client_options`, which raises
+        ImproperlyConfigured for a form it cannot honour. Client options are
+        :data:`DEFAULT_CLIENT_OPTIONS` under what the URL and the settings say.
         """
-        if url.startswith("redis+socket://"):  # kombu's spelling of a unix socket
-            url = "unix://" + url[len("redis+socket://"):]
-        client_options = {**DEFAULT_CLIENT_OPTIONS, **settings.redis_options}
-        client = redis.Redis.from_url(url, **client_options)
-        return cls(client, settings.lease_name, description=maybe_sanitize_url(url))
+        target, options = client_options(url, settings)
+        client = redis.Redis.from_url(target, **{**DEFAULT_CLIENT_OPTIONS, **options})
+        return cls(client, settings.lease_name, description=_describe(target, options),
+                   setting=setting_of(url, settings))
 
     def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         try:
             return script(keys=keys, args=args)
         except redis.RedisError as exc:
-            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            raise store_error(exc, self.setting) from exc
 
     def acquire(self, owner: str, identity: str, ttl: float, *,
                 beat: ReplicaRecord | None = None, take: bool = True) -> Acquisition:
@@ -263,7 +270,7 @@ class RedisLeaseStore:
         try:
             raw = self.client.hgetall(self.history_key)
         except redis.RedisError as exc:
-            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            raise store_error(exc, self.setting) from exc
         return {_text(k) or "": _text(v) or "" for k, v in raw.items()}
 
     def read(self) -> LeaseRecord | None:
@@ -274,7 +281,7 @@ class RedisLeaseStore:
                 pipe.hget(self.meta_key, "transitions")
                 lease, pttl, transitions = pipe.execute()
         except redis.RedisError as exc:
-            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            raise store_error(exc, self.setting) from exc
         if not lease:
             return None
         lease = {_text(k): v for k, v in lease.items()}  # bytes unless decode_responses
@@ -308,7 +315,7 @@ class RedisLeaseStore:
                 pipe.zrem(self.expiry_key, identity)
                 pipe.execute()
         except redis.RedisError as exc:
-            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            raise store_error(exc, self.setting) from exc
 
     def request_step_down(self) -> StepDownRequest | None:
         held = self._call(self._step_down, [self.lease_key, self.step_down_key],
@@ -323,6 +330,50 @@ class RedisLeaseStore:
 
     def __repr__(self) -> str:
         return f"RedisLeaseStore({self.description}, name={self.name!r})"
+
+
+#: Answers from Redis that no retry will change, by the words that mark them.
+PERMANENT_ANSWERS = (
+    "DB index is out of range",  # SELECT of a database the server does not have
+    "invalid DB index",
+    "unknown command",  # a command renamed or disabled in the server's config
+    "CERTIFICATE_VERIFY_FAILED",  # the server's certificate fails verification
+    "WRONG_VERSION_NUMBER",  # TLS spoken to a plain port
+    "Invalid SSL Certificate Requirements Flag",
+)
+
+
+def store_error(error: redis.RedisError, setting: str) -> StoreUnavailable:
+    """A redis-py error as the store reports it: permanent or (maybe) transient.
+
+    Permanent (:class:`StoreMisconfigured`, naming ``setting``): refused
+    credentials (``WRONGPASS``, ``NOAUTH``), a missing ACL permission
+    (``NOPERM``), an unknown database, an unknown command, a TLS handshake
+    that fails verification or meets a plain port. Everything else (refused
+    or reset connections, timeouts, a loading or read-only server) may heal
+    and stays a :class:`StoreUnavailable`. redis-py's messages name the
+    server's address, never the password.
+    """
+    reason = f"{type(error).__name__}: {error}"
+    chain = [error, error.__cause__, error.__context__]
+    if isinstance(error, (redis.AuthenticationError, redis.exceptions.AuthorizationError,
+                          redis.exceptions.NoPermissionError)) \
+            or any(isinstance(e, ssl.SSLCertVerificationError) for e in chain) \
+            or any(words in str(error) for words in PERMANENT_ANSWERS):
+        return StoreMisconfigured(reason, setting)
+    return StoreUnavailable(reason)
+
+
+def _describe(target: str, options: Mapping[str, Any]) -> str:
+    """The store for banners and logs: URL without password, database, TLS verification."""
+    shown: str = maybe_sanitize_url(target).rstrip("/")
+    if target.startswith("unix://"):
+        return shown + (f"?db={options['db']}" if options.get("db") else "")
+    shown += f"/{options.get('db', 0)}"
+    if target.startswith("rediss://"):
+        reqs = options.get("ssl_cert_reqs", ssl.CERT_REQUIRED)
+        shown += f" (TLS, {'no certificate check' if reqs == ssl.CERT_NONE else 'verified'})"
+    return shown
 
 
 def _ms(seconds: float) -> int:

@@ -3,7 +3,8 @@
 Nothing here is imported by the runtime; one module per helper:
 
 - :mod:`.redis_server`: :class:`RedisServer`, a private ``redis-server`` on a
-  free loopback port that a test may stop, restart, pause or kill.
+  free loopback port that a test may stop, restart, pause or kill, with TLS
+  or a password if asked (:mod:`.certificates` makes its CA).
 - :mod:`.proxy`: :class:`TcpProxy`, a loopback relay a test can cut, so a
   server becomes unreachable for some clients only.
 - :mod:`.waiting`: :func:`wait_for`, wait on a condition with a deadline.
@@ -27,6 +28,7 @@ from .beat_cluster import (
     beat_schedule,
     replica_app,
 )
+from .certificates import Certificates, make_certificates
 from .ports import free_port
 from .processes import death_signal_setter
 from .proxy import TcpProxy
@@ -50,6 +52,7 @@ __all__ = [
     "LEADER_SCHEDULER",
     "SCHEDULE_ENV",
     "BeatCluster",
+    "Certificates",
     "MessageRecorder",
     "Publish",
     "RedisServer",
@@ -60,6 +63,7 @@ __all__ = [
     "duplicate_runs",
     "first_publish_by_another",
     "free_port",
+    "make_certificates",
     "publishes_closer_than",
     "redis_store",
     "replica_app",

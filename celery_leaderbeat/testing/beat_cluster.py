@@ -322,6 +322,7 @@ class BeatCluster:
             **({"leaderbeat_elector": elector} if elector else {}),
             **(conf or {}),
         }
+        self._shared_conf = shared_conf
         if app is None:
             app = GENERATED_APP_MODULE
             with open(os.path.join(self.directory, f"{app}.py"), "w", encoding="utf-8") as fh:
@@ -417,12 +418,14 @@ class BeatCluster:
     def lease_store(self) -> LeaseStore:
         """The store holding this cluster's lease, chosen exactly as the replicas choose it."""
         if self._store is None:
+            from celery import Celery
+
             from ..backends import choose_elector
             from ..settings import LeaderSettings
 
-            settings = LeaderSettings(
-                elector=self.elector, lease_name=self.lease_name, identity="observer",
-                timing=self.timing, broker_url=self.broker_url)
+            app = Celery("observer", set_as_current=False)
+            app.conf.update(self._shared_conf)  # broker_use_ssl and the like included
+            settings = LeaderSettings.from_app(app, identity=lambda: "observer")
             elector = choose_elector(settings).elector
             if not isinstance(elector, LeaseElector):
                 raise TypeError(f"the elector {elector!r} keeps no lease to read")

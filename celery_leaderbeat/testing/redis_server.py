@@ -1,4 +1,5 @@
-"""A private, throw-away ``redis-server`` on a free loopback port."""
+"""A private, throw-away ``redis-server`` on a free loopback port, optionally with
+TLS (a fresh CA, see :mod:`.certificates`) or a password."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from typing import Any
 
+from .certificates import Certificates, make_certificates
 from .ports import free_port
 from .processes import death_signal_setter
 from .waiting import wait_for
@@ -20,24 +23,43 @@ __all__ = ["RedisServer"]
 
 
 class RedisServer:
-    """A private, throw-away ``redis-server`` (no persistence) on a free port."""
+    """A private, throw-away ``redis-server`` (no persistence) on a free port.
 
-    def __init__(self, port: int | None = None, executable: str | None = None) -> None:
+    With ``tls``, the port speaks only TLS, with a certificate for 127.0.0.1
+    signed by a CA made for this server (:attr:`certificates`; clients need
+    no certificate of their own). With ``password``, clients must AUTH.
+    """
+
+    def __init__(self, port: int | None = None, executable: str | None = None, *,
+                 tls: bool = False, password: str | None = None) -> None:
         self.port = port or free_port()
         self.executable = executable or shutil.which("redis-server") or "redis-server"
         self.process: subprocess.Popen[bytes] | None = None
+        self.password = password
         self._dir = tempfile.mkdtemp(prefix="leaderbeat-redis-")
+        self.certificates: Certificates | None = make_certificates(self._dir) if tls else None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        """``redis://`` (or ``rediss://``, no TLS options), with the password if any."""
+        scheme = "rediss" if self.certificates else "redis"
+        auth = f":{self.password}@" if self.password else ""
+        return f"{scheme}://{auth}127.0.0.1:{self.port}/0"
+
+    def _options(self) -> list[str]:
+        options = ["--requirepass", self.password] if self.password else []
+        if self.certificates is None:
+            return [*options, "--port", str(self.port)]
+        c = self.certificates
+        return [*options, "--port", "0", "--tls-port", str(self.port), "--tls-cert-file", c.cert,
+                "--tls-key-file", c.key, "--tls-ca-cert-file", c.ca, "--tls-auth-clients", "no"]
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         if self.process is not None and self.process.poll() is None:
             return self
         self.process = subprocess.Popen(
             [
-                self.executable, "--port", str(self.port), "--bind", "127.0.0.1",
+                self.executable, *self._options(), "--bind", "127.0.0.1",
                 "--save", "", "--appendonly", "no", "--dir", self._dir,
             ],
             stdout=subprocess.DEVNULL,
@@ -48,17 +70,27 @@ class RedisServer:
         return self
 
     def ping(self) -> bool:
+        """True once the server answers (a refusal for want of a password counts)."""
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as raw:
+                sock = raw
+                if self.certificates is not None:
+                    context = ssl.create_default_context(cafile=self.certificates.ca)
+                    sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
                 sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
+                return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))
         except OSError:
             return False
 
     def client(self, **options: Any) -> Any:
+        """A redis-py client that reaches this server (TLS and password included)."""
         import redis
 
-        return redis.Redis(port=self.port, **options)
+        if self.certificates is not None:
+            options = {"ssl": True, "ssl_ca_certs": self.certificates.ca, **options}
+        if self.password:
+            options = {"password": self.password, **options}
+        return redis.Redis(host="127.0.0.1", port=self.port, **options)
 
     def stop(self) -> None:
         """Terminate the server and wait until it is gone (its data is lost)."""
