@@ -77,7 +77,8 @@ from typing import Any, Protocol
 from ..lease import Acquisition, ClaimRejected, LeaseRecord, Renewal, StoreUnavailable
 from ..registry import ReplicaRecord, StepDownRequest, sort_replicas
 
-__all__ = ["DIALECTS", "LeaseTableMissing", "LeaseTables", "SqlSession", "name_key"]
+__all__ = ["DIALECTS", "LeaseTableMissing", "LeaseTables", "SqlSession", "name_key",
+           "refuses_value"]
 
 #: The database's clock, in epoch seconds, per dialect.
 DATABASE_NOW = {
@@ -194,6 +195,27 @@ def name_key(name: str) -> str:
     their own; such a name is refused where it is stored whole.
     """
     return hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+#: MySQL/MariaDB errors that refuse a value, although PyMySQL and mysqlclient raise
+#: them as OperationalError: a CHECK constraint failed (MySQL 3819, MariaDB 4025).
+CHECK_FAILED = frozenset({3819, 4025})
+
+
+def refuses_value(driver_error: BaseException | None) -> bool:
+    """Whether a DB-API error refuses a value (the data), not the database or the lease.
+
+    DataError and IntegrityError (a value too long or not storable, a
+    constraint), by DB-API class name so every driver and wrapper agrees,
+    and MySQL's failed CHECK constraints.
+    """
+    if driver_error is None:
+        return False
+    names = {cls.__name__ for cls in type(driver_error).__mro__}
+    if names & {"DataError", "IntegrityError"}:
+        return True
+    args: tuple[Any, ...] = tuple(getattr(driver_error, "args", ()))
+    return bool(args) and args[0] in CHECK_FAILED
 
 
 class LeaseTableMissing(StoreUnavailable):

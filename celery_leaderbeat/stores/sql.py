@@ -47,7 +47,7 @@ from sqlalchemy.dialects import mysql
 
 from ..lease import ClaimRejected, StoreUnavailable
 from ..settings import LeaderSettings, improperly_configured
-from .lease_tables import DIALECTS, LeaseTables, SqlSession, name_key
+from .lease_tables import DIALECTS, LeaseTables, SqlSession, name_key, refuses_value
 
 __all__ = ["SqlLeaseStore", "engine_url", "lease_metadata"]
 
@@ -237,10 +237,9 @@ class SqlLeaseStore(LeaseTables):
             else:
                 with self._autocommit.connect() as connection:
                     yield _Connection(connection)
-        except (exc.DataError, exc.IntegrityError) as error:
-            # The database refused a value, not the connection or the tables.
-            raise ClaimRejected(_reason(error)) from error
         except exc.SQLAlchemyError as error:
+            if refuses_value(getattr(error, "orig", None)):
+                raise ClaimRejected(_reason(error)) from error
             # Maybe the tables went away: check again (cheaply, once) next time.
             self._tables_ready = False
             raise StoreUnavailable(_reason(error)) from error
