@@ -283,3 +283,25 @@ def test_tables_of_0_1_are_rebuilt_in_place_and_keep_their_rows(
     assert_each_name_keeps_its_own_history(stores("fresh"))
     columns = {c["name"] for c in sa.inspect(store.engine).get_columns(store.run_table)}
     assert columns == {"lease_key", "entry_key", "entry_name", "record"}
+
+
+def test_refused_runs_are_logged_at_error_once_per_minute_and_counted(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from celery_leaderbeat.rejections import RejectedRuns
+
+    now = [0.0]
+    counted: list[None] = []
+
+    class Metrics:
+        def claim_rejected(self) -> None:
+            counted.append(None)
+
+    report = RejectedRuns(clock=lambda: now[0])
+    refusal = ClaimRejected("CHECK constraint failed", ["poison-entry"])
+    with caplog.at_level("ERROR", logger="celery.beat.leaderbeat"):
+        for second in range(0, 125, 2):  # every 2 s for two minutes
+            now[0] = float(second)
+            report.report(refusal, Metrics())
+    lines = [r.getMessage() for r in caplog.records if "poison-entry" in r.getMessage()]
+    assert len(lines) == 3 and len(counted) == 63
+    assert "CHECK constraint failed" in lines[0] and "29 more refused" in lines[1]
