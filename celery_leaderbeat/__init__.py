@@ -7,6 +7,7 @@ leader publishes.
 
 from .elector import CallableElector, Elector, NotLeader, StaticElector
 from .lease import (
+    ClaimRejected,
     FencedOut,
     LeadershipLost,
     LeaseElector,
@@ -24,6 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CallableElector",
+    "ClaimRejected",
     "Elector",
     "FencedOut",
     "LeaderScheduler",

@@ -31,6 +31,7 @@ from .registry import LEADER, STANDBY, Heartbeat, ReplicaRecord
 
 __all__ = [
     "Acquisition",
+    "ClaimRejected",
     "FencedOut",
     "LeadershipLost",
     "LeaseElector",
@@ -146,6 +147,26 @@ class StoreMisconfigured(StoreUnavailable):
         self.setting = setting
 
 
+
+class ClaimRejected(StoreUnavailable):
+    """The store refused the data of a write (too long, a constraint, an encoding), not the lease.
+
+    Nothing of the write was stored; the lease is as it was. ``names`` are the
+    schedule entries whose runs were refused: every entry of the write when
+    the store cannot tell which one it could not take. A subclass of
+    :class:`StoreUnavailable`, so code that knows only outages treats it as one.
+    """
+
+    def __init__(self, reason: str, names: Iterable[str] = ()) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.names = tuple(names)
+
+    def naming(self, names: Iterable[str]) -> ClaimRejected:
+        """The same refusal, naming the entries of the write it refused."""
+        return ClaimRejected(self.reason, names)
+
+
 class LeaseHeld(NotLeader):
     """Another replica holds the lease."""
 
@@ -219,7 +240,11 @@ class LeaseStore(Protocol):
         ...  # pragma: no cover
 
     def claim(self, owner: str, term: int, runs: Mapping[str, str]) -> bool:
-        """Record runs (entry name -> encoded run record) only if the lease is ours."""
+        """Record runs (entry name -> encoded run record) only if the lease is ours.
+
+        All or nothing. Raises :class:`ClaimRejected` when the store refuses
+        the runs' data rather than the lease, StoreUnavailable on any other error.
+        """
         ...  # pragma: no cover
 
     def forget(self, owner: str, term: int, names: Iterable[str]) -> bool:
@@ -319,7 +344,30 @@ class LeaseElector:
 
         Checks the local deadline first, so a leader that was paused past its
         lease steps down without writing even before the store is asked.
+
+        A run the store refuses for its data (:class:`ClaimRejected`) is not a
+        lost lease: the runs of a refused batch are claimed again one by one,
+        and ClaimRejected is raised at the end naming only the entries the
+        store refused alone. Every other run of ``runs`` is then claimed; the
+        lease is still held.
         """
+        try:
+            self._claim(runs)
+        except ClaimRejected as rejected:
+            if len(runs) < 2:
+                raise rejected.naming(runs) from rejected
+            refused: list[str] = []
+            reasons: list[str] = []
+            for name, record in runs.items():
+                try:
+                    self._claim({name: record})
+                except ClaimRejected as alone:
+                    refused.append(name)
+                    reasons.append(alone.reason)
+            if refused:
+                raise ClaimRejected(reasons[0], refused) from rejected
+
+    def _claim(self, runs: Mapping[str, str]) -> None:
         term = self._term
         if term is None:
             raise FencedOut("not the leader")
@@ -328,6 +376,8 @@ class LeaseElector:
             raise FencedOut("lease expired locally", LeadershipLost.EXPIRED)
         try:
             accepted = self.store.claim(self.owner, term, runs)
+        except ClaimRejected:
+            raise
         except StoreUnavailable as exc:
             # The claim may or may not have been written; either way no publish
             # follows, which keeps the at-most-once promise.

@@ -7,7 +7,8 @@ several schedulers in one process never collide.
 
 Leadership changes reach the metrics through the leadership signals; the
 scheduler itself reports only what no signal carries: lease renewals,
-dispatches and a store that refuses the replica for good.
+dispatches, a store that refuses the replica for good, and runs whose claim the
+store refused for their data.
 
 ==========================================  =========  =================================
 name                                        type       meaning
@@ -20,6 +21,8 @@ name                                        type       meaning
 ``leaderbeat_leadership_lost_total``        counter    times it stopped, label ``cause``
 ``leaderbeat_dispatches_total``             counter    runs published
 ``leaderbeat_fenced_out_claims_total``      counter    claims the store refused
+``leaderbeat_rejected_claims_total``        counter    runs not sent: the store refused
+                                                       their claim's data, not the lease
 ``leaderbeat_lease_renewal_seconds``        histogram  time of a lease renewal
 ``leaderbeat_dispatch_lateness_seconds``    histogram  publish time minus scheduled time
 ``leaderbeat_store_misconfigured``          gauge      1 while the store refuses this
@@ -46,7 +49,7 @@ LATENESS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 
 
 class BeatMetrics:
-    """The metrics of one scheduler, fed by its signals and by two direct reports."""
+    """The metrics of one scheduler, fed by its signals and by three direct reports."""
 
     def __init__(self, scheduler: Any) -> None:
         try:
@@ -81,6 +84,11 @@ class BeatMetrics:
         self.fenced_out = prom.Counter(
             "leaderbeat_fenced_out_claims",
             "Claims of a run the store refused because another term held the lease.",
+            registry=r)
+        self.rejected_claims = prom.Counter(
+            "leaderbeat_rejected_claims",
+            "Runs not sent because the store refused the data of their claim (a constraint, "
+            "a value it cannot store), not the lease; the ERROR log names the entry.",
             registry=r)
         self.renewal = prom.Histogram(
             "leaderbeat_lease_renewal_seconds", "Time a lease renewal took (round trip).",
@@ -138,6 +146,10 @@ class BeatMetrics:
 
     def renewed(self, seconds: float) -> None:
         self.renewal.observe(seconds)
+
+    def claim_rejected(self) -> None:
+        """One run not sent: the store refused its claim's data (see .rejections)."""
+        self.rejected_claims.inc()
 
     def dispatched(self, scheduled_at: str | None) -> None:
         """One run published; ``scheduled_at`` is the ISO time it fell due, if known."""

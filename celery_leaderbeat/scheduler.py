@@ -32,6 +32,7 @@ from .backends import choose_elector
 from .elector import Elector, NotLeader
 from .history import RunRecord, apply_history, decode_history
 from .lease import (
+    ClaimRejected,
     FencedOut,
     LeadershipLost,
     LeaseElector,
@@ -41,6 +42,7 @@ from .lease import (
 )
 from .metrics import BeatMetrics
 from .registry import Heartbeat, registry_of
+from .rejections import RejectedRuns
 from .settings import LeaderSettings, improperly_configured
 from .stores.file import FileLeaseStore
 
@@ -91,7 +93,11 @@ class LeaderSchedulerMixin:
         self._observed: tuple[str | None, int] | None = None
         self._announced = False
         self._closed = False
-        self._claimed: dict[str, tuple[int, datetime, int]] = {}
+        #: Runs claimed ahead by a batch: name -> (term, last run, count); last run is
+        #: None when the store refused the run's data (see celery_leaderbeat.rejections).
+        self._claimed: dict[str, tuple[int, datetime | None, int]] = {}
+        self._withheld: set[str] = set()  # reserved, but their claim was refused: not sent
+        self._rejected_runs = RejectedRuns()
         self._registry = registry_of(self.elector)
         if self._registry is not None and isinstance(self.elector, LeaseElector):
             timing = self.leader_settings.timing
@@ -394,13 +400,20 @@ class LeaderSchedulerMixin:
           have seen a newer term.
 
         A lone due entry is claimed alone, exactly as before.
+
+        A run the store refuses for its data (:class:`ClaimRejected`) is
+        advanced but not published, and reported; the lease and every other
+        run are unaffected (see :mod:`celery_leaderbeat.rejections`).
         """
         new_entry: ScheduleEntry = super().reserve(entry)  # type: ignore[misc]
         if isinstance(self.elector, LeaseElector) and not self._shadowing:
             claimed = self._claimed.pop(new_entry.name, None)
             if claimed is not None and claimed[0] == self.term \
                     and claimed[2] == new_entry.total_run_count:
-                new_entry.last_run_at = claimed[1]  # as recorded in the store
+                if claimed[1] is None:
+                    self._withheld.add(new_entry.name)
+                else:
+                    new_entry.last_run_at = claimed[1]  # as recorded in the store
             else:
                 self._claim_due_runs(new_entry)
         return new_entry
@@ -411,7 +424,7 @@ class LeaderSchedulerMixin:
         if any(claim[0] != term for claim in self._claimed.values()):
             self._claimed.clear()  # claims of an earlier term are worth nothing
         runs = {first.name: self._record(first)}
-        batch: dict[str, tuple[int, datetime, int]] = {}
+        batch: dict[str, tuple[int, datetime | None, int]] = {}
         for event in _due_events(self._heap or [], time.time()):
             if len(runs) >= self.claim_batch:
                 break
@@ -422,18 +435,31 @@ class LeaderSchedulerMixin:
             count = entry.total_run_count + 1
             runs[entry.name] = RunRecord(first.last_run_at, count, term).encode()
             batch[entry.name] = (term, first.last_run_at, count)
-        self._claim(runs)
+        refused = self._claim(runs)
+        if first.name in refused:
+            self._withheld.add(first.name)
         self._claimed.update(batch)
+        self._claimed.update({name: (term, None, batch[name][2]) for name in refused
+                              if name in batch})
 
     def _record(self, entry: ScheduleEntry) -> str:
         return RunRecord(entry.last_run_at, entry.total_run_count, self.term or 0).encode()
 
-    def _claim(self, runs: dict[str, str]) -> None:
+    def _claim(self, runs: dict[str, str]) -> frozenset[str]:
+        """Claim ``runs``; return the entries whose runs the store refused (reported)."""
         if isinstance(self.elector, LeaseElector):
-            self.elector.claim(runs)
+            try:
+                self.elector.claim(runs)
+            except ClaimRejected as rejected:
+                self._rejected_runs.report(rejected, self.metrics)
+                return frozenset(rejected.names)
+        return frozenset()
 
     def apply_entry(self, entry: ScheduleEntry, producer: Any = None) -> None:
         if self._shadowing:
+            return
+        if entry.name in self._withheld:  # its claim was refused: never published
+            self._withheld.discard(entry.name)
             return
         super().apply_entry(entry, producer=producer)  # type: ignore[misc]
 

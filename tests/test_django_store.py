@@ -22,13 +22,13 @@ import pytest
 from celery import Celery
 from django.conf import settings as django_settings
 
-from celery_leaderbeat import LeaseElector, NotLeader, StoreUnavailable
+from celery_leaderbeat import ClaimRejected, LeaseElector, NotLeader, StoreUnavailable
 from celery_leaderbeat.backends import choose_elector
 from celery_leaderbeat.history import RunRecord
 from celery_leaderbeat.lease import Renewal
 from celery_leaderbeat.settings import LeaderSettings
-from celery_leaderbeat.stores.lease_tables import LeaseTableMissing
-from celery_leaderbeat.testing import free_port
+from celery_leaderbeat.stores.lease_tables import LeaseTableMissing, name_key
+from celery_leaderbeat.testing import assert_each_name_keeps_its_own_history, free_port
 
 if django_settings.configured:  # pragma: no cover - another module configured Django first
     pytest.skip("Django is already configured in this process", allow_module_level=True)
@@ -39,6 +39,8 @@ SUFFIX = uuid.uuid4().hex[:10]
 PG_DB = MARIA_DB = f"lbdj_{SUFFIX}"
 FILES = tempfile.mkdtemp(prefix="leaderbeat-django-")
 MIGRATED = ("default", "maria", "lite")
+#: Databases left at migration 0002 (celery-leaderbeat 0.1) for the upgrade test.
+LEGACY = ("legacy_pg", "legacy_maria", "legacy_lite")
 
 django_settings.configure(
     INSTALLED_APPS=[
@@ -56,6 +58,12 @@ django_settings.configure(
         "maria": {"ENGINE": "django.db.backends.mysql", "NAME": MARIA_DB,
                   "USER": "root", "HOST": "127.0.0.1", "PORT": "3306"},
         "lite": {"ENGINE": "django.db.backends.sqlite3", "NAME": f"{FILES}/lite.sqlite3"},
+        "legacy_pg": {"ENGINE": "django.db.backends.postgresql", "NAME": f"{PG_DB}_old",
+                      "USER": "postgres", "HOST": "127.0.0.1", "PORT": "5432"},
+        "legacy_maria": {"ENGINE": "django.db.backends.mysql", "NAME": f"{MARIA_DB}_old",
+                         "USER": "root", "HOST": "127.0.0.1", "PORT": "3306"},
+        "legacy_lite": {"ENGINE": "django.db.backends.sqlite3",
+                        "NAME": f"{FILES}/legacy.sqlite3"},
         "unmigrated": {"ENGINE": "django.db.backends.sqlite3",
                        "NAME": f"{FILES}/unmigrated.sqlite3"},
         "down": {"ENGINE": "django.db.backends.postgresql", "NAME": "test",
@@ -99,9 +107,11 @@ from celery_leaderbeat.stores.lease_tables import DATABASE_NOW  # noqa: E402
 def databases() -> Iterator[None]:
     with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as pg:
         pg.execute(f"CREATE DATABASE {PG_DB}")
+        pg.execute(f"CREATE DATABASE {PG_DB}_old")
     maria = pymysql.connect(host="127.0.0.1", user="root", autocommit=True)
     with maria.cursor() as cursor:
         cursor.execute(f"CREATE DATABASE {MARIA_DB}")
+        cursor.execute(f"CREATE DATABASE {MARIA_DB}_old")
     try:
         for alias in MIGRATED:
             call_command("migrate", database=alias, verbosity=0)
@@ -110,8 +120,10 @@ def databases() -> Iterator[None]:
         connections.close_all()
         with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as pg:
             pg.execute(f"DROP DATABASE IF EXISTS {PG_DB} WITH (FORCE)")
+            pg.execute(f"DROP DATABASE IF EXISTS {PG_DB}_old WITH (FORCE)")
         with maria.cursor() as cursor:
             cursor.execute(f"DROP DATABASE IF EXISTS {MARIA_DB}")
+            cursor.execute(f"DROP DATABASE IF EXISTS {MARIA_DB}_old")
         maria.close()
         shutil.rmtree(FILES, ignore_errors=True)
 
@@ -123,7 +135,7 @@ def _lease_name() -> str:
 def _expire_now(alias: str, name: str, seconds_from_now: float = -1.0) -> None:
     """Move a lease's expiry on the database's own clock."""
     now = RawSQL(f"{DATABASE_NOW[connections[alias].vendor]} + %s", (seconds_from_now,))
-    Lease.objects.using(alias).filter(name=name).update(expires_at=now)
+    Lease.objects.using(alias).filter(lease_key=name_key(name)).update(expires_at=now)
 
 
 # -- the django:// store -------------------------------------------------------------
@@ -149,7 +161,7 @@ def test_store_terms_expiry_and_fenced_claims(alias: str) -> None:
     assert b.claim("owner-b", 2, {"nightly": "run-2"})
     assert a.load_history() == {"nightly": "run-2"}
 
-    row = Lease.objects.using(alias).get(name=name)
+    row = Lease.objects.using(alias).get(lease_key=name_key(name))
     assert (row.holder, row.term, row.transitions) == ("replica-b", 2, 2)
     lease = a.read()
     assert lease is not None and 590 < (lease.expires_in or 0) <= 600
@@ -163,6 +175,68 @@ def test_threads_racing_on_the_django_database_never_both_hold(
     # Each thread has its own Django connection, closed by store.close().
     terms = lease_race(lambda: DjangoLeaseStore(name, alias), replicas=6, rounds=4)
     assert terms == [[t] for t in range(1, 5)]
+
+
+@pytest.mark.parametrize("alias", MIGRATED)
+def test_names_round_trip_exactly_in_the_django_database(alias: str) -> None:
+    """Case, accents, trailing spaces, emoji and 5,000 characters: each its own history."""
+    store = DjangoLeaseStore(_lease_name(), alias)
+    assert_each_name_keeps_its_own_history(store)
+    # Lease names differing only in case are two leases.
+    upper = DjangoLeaseStore("Beat-" + SUFFIX, alias)
+    lower = DjangoLeaseStore("beat-" + SUFFIX, alias)
+    assert upper.acquire("u", "one", 60).acquired and lower.acquire("l", "two", 60).acquired
+
+
+@pytest.mark.parametrize("alias", MIGRATED)
+def test_a_claim_refused_for_one_entry_keeps_the_lease_in_django(alias: str) -> None:
+    """A check the runs of "poison..." entries break: refused alone, the lease still held."""
+    connection = connections[alias]
+    table = connection.ops.quote_name("celery_leaderbeat_run")
+    if connection.vendor == "sqlite":  # SQLite adds no constraint to a table: a trigger
+        add = (f"CREATE TRIGGER no_poison BEFORE INSERT ON {table} "
+               "WHEN SUBSTR(NEW.entry_name, 1, 6) = 'poison' "
+               "BEGIN SELECT RAISE(ABORT, 'no_poison'); END")
+        drop = "DROP TRIGGER no_poison"
+    else:
+        add = (f"ALTER TABLE {table} ADD CONSTRAINT no_poison "
+               "CHECK (SUBSTR(entry_name, 1, 6) <> 'poison')")
+        drop = f"ALTER TABLE {table} DROP CONSTRAINT no_poison"
+    with connection.cursor() as cursor:
+        cursor.execute(add)
+    try:
+        store = DjangoLeaseStore(_lease_name(), alias)
+        elector = LeaseElector(store, identity="replica")
+        assert elector.is_leader()
+        with pytest.raises(ClaimRejected) as refused:
+            elector.claim({"short": "1", "poison-entry": "2", "other": "3"})
+        assert refused.value.names == ("poison-entry",)
+        assert store.load_history() == {"short": "1", "other": "3"}
+        assert elector.is_leader() and elector.term == 1
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(drop)
+
+
+@pytest.mark.parametrize("alias", LEGACY)
+def test_migration_0003_keeps_the_rows_of_0_1(alias: str) -> None:
+    call_command("migrate", "celery_leaderbeat", "0002", database=alias, verbosity=0)
+    with connections[alias].cursor() as cursor:  # as celery-leaderbeat 0.1 wrote them
+        cursor.execute("INSERT INTO celery_leaderbeat_lease (name, term, transitions, "
+                       "last_holder) VALUES ('beat', 41, 7, 'old-replica')")
+        cursor.execute("INSERT INTO celery_leaderbeat_run (lease_name, entry_name, record) "
+                       "VALUES ('beat', 'Report', 'r1'), ('beat', 'résumé', 'r2'), "
+                       "('other', 'Report', 'other')")
+        cursor.execute("INSERT INTO celery_leaderbeat_replica (lease_name, replica, record, "
+                       "beat_at, expires_at) VALUES ('beat', 'old-replica', '{}', 0, 0)")
+    call_command("migrate", "celery_leaderbeat", database=alias, verbosity=0)
+    store = DjangoLeaseStore("beat", alias)
+    assert store.load_history() == {"Report": "r1", "résumé": "r2"}
+    assert DjangoLeaseStore("other", alias).load_history() == {"Report": "other"}
+    taken = store.acquire("owner", "old-replica", 60)
+    assert taken.acquired and taken.lease.term == 42
+    assert store.read().transitions == 7  # type: ignore[union-attr]
+    assert_each_name_keeps_its_own_history(DjangoLeaseStore("fresh", alias))
 
 
 def test_a_missing_migration_names_the_command() -> None:
@@ -215,7 +289,7 @@ def test_the_admin_page_is_read_only_and_shows_the_lease() -> None:
     assert store.acquire("owner", "replica-x", 30).acquired
     page = LeaseAdmin(Lease, AdminSite())
     request = RequestFactory().get("/admin/celery_leaderbeat/lease/")
-    lease = page.get_queryset(request).get(name=name)
+    lease = page.get_queryset(request).get(lease_key=name_key(name))
     assert page.expires(lease).startswith("in ")
     assert 25 < float(page.expires(lease).split()[1]) <= 30
     assert page.acquired(lease).startswith(str(datetime.now(timezone.utc).year))
@@ -223,7 +297,7 @@ def test_the_admin_page_is_read_only_and_shows_the_lease() -> None:
     assert not page.has_change_permission(request, lease)
     assert not page.has_delete_permission(request, lease)
     store.release("owner", 1)
-    assert page.expires(page.get_queryset(request).get(name=name)) == "free"
+    assert page.expires(page.get_queryset(request).get(lease_key=name_key(name))) == "free"
 
 
 # -- LeaderDatabaseScheduler in-process ------------------------------------------------

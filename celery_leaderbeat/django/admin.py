@@ -27,11 +27,11 @@ def _when(epoch: float | None) -> str:
 
 @admin.register(Lease)
 class LeaseAdmin(admin.ModelAdmin):
-    list_display = ("name", "holder", "term", "expires", "acquired", "renewed", "transitions")
-    fields = ("name", "holder", "term", "expires", "acquired", "renewed", "transitions",
-              "last_holder")
+    list_display = ("lease_name", "holder", "term", "expires", "acquired", "renewed",
+                    "transitions")
+    fields = ("lease_name", "holder", "term", "expires", "acquired", "renewed", "transitions")
     readonly_fields = fields
-    ordering = ("name",)
+    ordering = ("lease_name",)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Lease]:
         queryset = super().get_queryset(request)

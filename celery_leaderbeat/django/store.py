@@ -18,9 +18,15 @@ from urllib.parse import urlsplit
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.utils import Error, ProgrammingError
 
-from ..lease import StoreUnavailable
+from ..lease import ClaimRejected, StoreUnavailable
 from ..settings import LeaderSettings, improperly_configured
-from ..stores.lease_tables import DIALECTS, LeaseTableMissing, LeaseTables, SqlSession
+from ..stores.lease_tables import (
+    DIALECTS,
+    LeaseTableMissing,
+    LeaseTables,
+    SqlSession,
+    refuses_value,
+)
 
 __all__ = ["DjangoLeaseStore"]
 
@@ -91,7 +97,11 @@ class DjangoLeaseStore(LeaseTables):
                 with connection.cursor() as cursor:
                     yield _Cursor(cursor)
         except Error as error:
+            if refuses_value(error.__cause__ or error):
+                raise ClaimRejected(f"{type(error).__name__}: {error}".strip()) from error
             raise self._unavailable(connection, error) from error
+        except UnicodeError as error:  # a name the driver cannot encode (a lone surrogate)
+            raise ClaimRejected(f"{type(error).__name__}: {error}") from error
 
     def _unavailable(self, connection: Any, error: Error) -> StoreUnavailable:
         if not connection.in_atomic_block:

@@ -3,17 +3,35 @@
 The SQLAlchemy store (:mod:`.sql`) and the Django store differ only in how
 they connect; what they say to the database lives here, once.
 
-- The lease table has one row per lease name. The row is created once and
+- The lease table has one row per lease. The row is created once and
   never deleted, so every change of the lease is an UPDATE of that row and
   racing replicas never race on an INSERT.
-- The run table holds one row per (lease name, schedule entry): the encoded
+- The run table holds one row per (lease, schedule entry): the encoded
   run record.
-- The replica table holds one heartbeat row per (lease name, replica), and
+- The replica table holds one heartbeat row per (lease, replica), and
   the lease row's ``step_down_term`` a pending step-down request: the
   optional replica registry (:mod:`celery_leaderbeat.registry`). Heartbeat
   rows ride on acquire and renew: written on the same connection right
   after the lease statement, with the role and term that statement left,
   and a renewal is where the leader finds a step-down request.
+
+Names: a lease name, an entry name and a replica identity are keyed by
+:func:`name_key`, the SHA-256 of the exact name (64 hex digits), and kept
+whole in a TEXT column that is only ever read back, never compared. So any
+name Celery accepts round-trips exactly: any length, any Unicode, and names
+that differ only in case, accents or trailing spaces stay distinct rows.
+Comparing the names themselves would not hold: MySQL/MariaDB's default
+collations fold case and accents and ignore trailing spaces (PAD SPACE),
+their binary collations are PAD SPACE too or have other names per server,
+and a key column has a length limit (VARCHAR(255), an index's 3072 bytes).
+Digits of a hex digest compare the same under every collation of
+PostgreSQL, MySQL/MariaDB and SQLite, and Django's CharField holds them on
+every backend. The one string compared as text is ``owner``, a token that
+ends with 32 random hex digits, so no collation can make two owners equal.
+The one name no TEXT column takes is one containing NUL on PostgreSQL: its
+claim is refused as :class:`ClaimRejected`, which costs that entry its runs
+and nothing else. :func:`name_key` must never change: stored keys are its
+results.
 
 Clock: every time is epoch seconds read from the database's own clock
 (``{now}`` below) in the same statement that compares or stores it, so the
@@ -49,16 +67,18 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
-from ..lease import Acquisition, LeaseRecord, Renewal, StoreUnavailable
+from ..lease import Acquisition, ClaimRejected, LeaseRecord, Renewal, StoreUnavailable
 from ..registry import ReplicaRecord, StepDownRequest, sort_replicas
 
-__all__ = ["DIALECTS", "LeaseTableMissing", "LeaseTables", "SqlSession"]
+__all__ = ["DIALECTS", "LeaseTableMissing", "LeaseTables", "SqlSession", "name_key",
+           "refuses_value"]
 
 #: The database's clock, in epoch seconds, per dialect.
 DATABASE_NOW = {
@@ -71,11 +91,12 @@ DATABASE_NOW = {
 DIALECTS = tuple(DATABASE_NOW)
 
 #: Insert the lease row unless it exists already, per dialect.
+_CREATE_ROW = ("INTO {lease} (lease_key, lease_name, term, transitions) "
+               "VALUES (:lease, :lease_name, 0, 0)")
 CREATE_ROW = {
-    "postgresql": "INSERT INTO {lease} (name, term, transitions) VALUES (:name, 0, 0) "
-                  "ON CONFLICT (name) DO NOTHING",
-    "mysql": "INSERT IGNORE INTO {lease} (name, term, transitions) VALUES (:name, 0, 0)",
-    "sqlite": "INSERT OR IGNORE INTO {lease} (name, term, transitions) VALUES (:name, 0, 0)",
+    "postgresql": "INSERT " + _CREATE_ROW + " ON CONFLICT (lease_key) DO NOTHING",
+    "mysql": "INSERT IGNORE " + _CREATE_ROW,
+    "sqlite": "INSERT OR IGNORE " + _CREATE_ROW,
 }
 
 # Take the lease if it is free, expired or still ours. Every new acquisition
@@ -87,24 +108,24 @@ STILL_OURS = "owner = :owner AND expires_at > {now}"
 ACQUIRE = f"""
 UPDATE {{lease}} SET
   term = CASE WHEN {STILL_OURS} THEN term ELSE term + 1 END,
-  transitions = CASE WHEN ({STILL_OURS}) OR last_holder = :holder
+  transitions = CASE WHEN ({STILL_OURS}) OR last_holder_key = :holder_key
                 THEN transitions ELSE transitions + 1 END,
   acquired_at = CASE WHEN {STILL_OURS} THEN acquired_at ELSE {{now}} END,
-  owner = :owner, holder = :holder, last_holder = :holder,
+  owner = :owner, holder = :holder, last_holder_key = :holder_key,
   renewed_at = {{now}}, expires_at = {{now}} + :ttl
-WHERE name = :name AND (owner = :owner OR owner IS NULL OR expires_at <= {{now}})
+WHERE lease_key = :lease AND (owner = :owner OR owner IS NULL OR expires_at <= {{now}})
 """
 
-HOLDER = "SELECT owner, holder, term FROM {lease} WHERE name = :name"
+HOLDER = "SELECT owner, holder, term FROM {lease} WHERE lease_key = :lease"
 
 # Who holds the lease now, taking nothing: NULL when it is free or expired.
 LIVE_HOLDER = """
 SELECT CASE WHEN owner IS NOT NULL AND expires_at > {now} THEN holder END, term
-FROM {lease} WHERE name = :name
+FROM {lease} WHERE lease_key = :lease
 """
 
 # Our lease, not yet expired: the condition every fenced statement repeats.
-OURS = "name = :name AND term = :term AND " + STILL_OURS
+OURS = "lease_key = :lease AND term = :term AND " + STILL_OURS
 
 # Not when a step-down was requested for our term: ANSWER_STEP_DOWN then does.
 RENEW = ("UPDATE {lease} SET renewed_at = {now}, expires_at = {now} + :ttl WHERE " + OURS
@@ -117,7 +138,7 @@ ANSWER_STEP_DOWN = ("UPDATE {lease} SET owner = NULL, holder = NULL, expires_at 
 # Term, transitions and last holder stay: terms keep increasing after a release.
 RELEASE = """
 UPDATE {lease} SET owner = NULL, holder = NULL, expires_at = NULL
-WHERE name = :name AND owner = :owner AND term = :term
+WHERE lease_key = :lease AND owner = :owner AND term = :term
 """
 
 # A write that changes nothing, to lock our row for the rest of the transaction.
@@ -125,45 +146,76 @@ FENCE = "UPDATE {lease} SET term = term WHERE " + OURS
 
 READ = """
 SELECT holder, term, acquired_at, renewed_at, expires_at - {now}, transitions
-FROM {lease} WHERE name = :name AND owner IS NOT NULL AND expires_at > {now}
+FROM {lease} WHERE lease_key = :lease AND owner IS NOT NULL AND expires_at > {now}
 """
 
-HISTORY = "SELECT entry_name, record FROM {runs} WHERE lease_name = :name"
+HISTORY = "SELECT entry_name, record FROM {runs} WHERE lease_key = :lease"
 
 # -- the replica registry (celery_leaderbeat.registry.ReplicaRegistry) ----------------
 # Every statement stands alone (autocommit): a heartbeat never holds a lock
 # another replica could wait on.
 
 #: Write one replica's heartbeat record, replacing its previous one, per dialect.
-_HEARTBEAT_ROW = ("INSERT INTO {replicas} (lease_name, replica, record, beat_at, expires_at) "
-                  "VALUES (:name, :replica, :record, {now}, {now} + :ttl) ")
+_HEARTBEAT_ROW = ("INSERT INTO {replicas} "
+                  "(lease_key, replica_key, replica, record, beat_at, expires_at) "
+                  "VALUES (:lease, :replica_key, :replica, :record, {now}, {now} + :ttl) ")
 HEARTBEAT = {
-    "postgresql": _HEARTBEAT_ROW + "ON CONFLICT (lease_name, replica) DO UPDATE SET "
+    "postgresql": _HEARTBEAT_ROW + "ON CONFLICT (lease_key, replica_key) DO UPDATE SET "
     "record = EXCLUDED.record, beat_at = EXCLUDED.beat_at, expires_at = EXCLUDED.expires_at",
     "mysql": _HEARTBEAT_ROW + "ON DUPLICATE KEY UPDATE "
     "record = VALUES(record), beat_at = VALUES(beat_at), expires_at = VALUES(expires_at)",
-    "sqlite": _HEARTBEAT_ROW + "ON CONFLICT (lease_name, replica) DO UPDATE SET "
+    "sqlite": _HEARTBEAT_ROW + "ON CONFLICT (lease_key, replica_key) DO UPDATE SET "
     "record = excluded.record, beat_at = excluded.beat_at, expires_at = excluded.expires_at",
 }
 
-DROP_EXPIRED = "DELETE FROM {replicas} WHERE lease_name = :name AND expires_at <= {now}"
+DROP_EXPIRED = "DELETE FROM {replicas} WHERE lease_key = :lease AND expires_at <= {now}"
 
-WITHDRAW = "DELETE FROM {replicas} WHERE lease_name = :name AND replica = :replica"
+WITHDRAW = "DELETE FROM {replicas} WHERE lease_key = :lease AND replica_key = :replica_key"
 
 LIVE = """
 SELECT record, {now} - beat_at, expires_at - {now} FROM {replicas}
-WHERE lease_name = :name AND expires_at > {now}
+WHERE lease_key = :lease AND expires_at > {now}
 """
 
 # A request names the term of the lease held now; a later term never matches it.
 ASK_STEP_DOWN = """
 UPDATE {lease} SET step_down_term = term
-WHERE name = :name AND owner IS NOT NULL AND expires_at > {now}
+WHERE lease_key = :lease AND owner IS NOT NULL AND expires_at > {now}
 """
 
-ASKED = "SELECT holder, step_down_term FROM {lease} WHERE name = :name"
+ASKED = "SELECT holder, step_down_term FROM {lease} WHERE lease_key = :lease"
 
 _PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
+def name_key(name: str) -> str:
+    """The key of a lease, entry or replica name: SHA-256 of its UTF-8, 64 hex digits.
+
+    Lone surrogates (which no UTF-8 text column can take) still get a key of
+    their own; such a name is refused where it is stored whole.
+    """
+    return hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+#: MySQL/MariaDB errors that refuse a value, although PyMySQL and mysqlclient raise
+#: them as OperationalError: a CHECK constraint failed (MySQL 3819, MariaDB 4025).
+CHECK_FAILED = frozenset({3819, 4025})
+
+
+def refuses_value(driver_error: BaseException | None) -> bool:
+    """Whether a DB-API error refuses a value (the data), not the database or the lease.
+
+    DataError and IntegrityError (a value too long or not storable, a
+    constraint), by DB-API class name so every driver and wrapper agrees,
+    and MySQL's failed CHECK constraints.
+    """
+    if driver_error is None:
+        return False
+    names = {cls.__name__ for cls in type(driver_error).__mro__}
+    if names & {"DataError", "IntegrityError"}:
+        return True
+    args: tuple[Any, ...] = tuple(getattr(driver_error, "args", ()))
+    return bool(args) and args[0] in CHECK_FAILED
 
 
 class LeaseTableMissing(StoreUnavailable):
@@ -199,7 +251,9 @@ class LeaseTables:
 
     A subclass sets ``dialect`` (one of :data:`DIALECTS`), ``paramstyle``
     (``format`` or ``qmark``) and implements :meth:`_session`, translating
-    driver errors into :class:`StoreUnavailable`.
+    driver errors into :class:`StoreUnavailable`: into :class:`ClaimRejected`
+    when the database refused the data (a value too long or not encodable,
+    a constraint), which :meth:`claim` and :meth:`forget` then name.
     """
 
     dialect: str
@@ -209,6 +263,7 @@ class LeaseTables:
     def __init__(self, name: str, lease_table: str, run_table: str, replica_table: str,
                  quote: Any) -> None:
         self.name = name
+        self.key = name_key(name)
         self.lease_table = lease_table
         self.run_table = run_table
         self.replica_table = replica_table
@@ -242,20 +297,22 @@ class LeaseTables:
             if take:
                 outcome = self._take(session, owner, identity, ttl)
             else:
-                rows = self._query(session, LIVE_HOLDER, name=self.name)
+                rows = self._query(session, LIVE_HOLDER, lease=self.key)
                 holder, term = rows[0] if rows else (None, 0)
                 outcome = Acquisition(False, LeaseRecord(holder=holder, term=int(term)))
             self._beat(session, beat, outcome.lease.term if outcome.acquired else None)
         return outcome
 
     def _take(self, session: SqlSession, owner: str, identity: str, ttl: float) -> Acquisition:
-        params = {"name": self.name, "owner": owner, "holder": identity, "ttl": float(ttl)}
+        params = {"lease": self.key, "owner": owner, "holder": identity,
+                  "holder_key": name_key(identity), "ttl": float(ttl)}
         taken = self._execute(session, ACQUIRE, **params)
-        rows = self._query(session, HOLDER, name=self.name)
+        rows = self._query(session, HOLDER, lease=self.key)
         if not rows:  # first use of this lease name
-            self._execute(session, CREATE_ROW[self.dialect], name=self.name)
+            self._execute(session, CREATE_ROW[self.dialect], lease=self.key,
+                          lease_name=self.name)
             taken = self._execute(session, ACQUIRE, **params)
-            rows = self._query(session, HOLDER, name=self.name)
+            rows = self._query(session, HOLDER, lease=self.key)
         holder_owner, holder, term = rows[0]
         # The row read after the UPDATE names its owner; only ours counts as taken.
         acquired = bool(taken) and holder_owner == owner
@@ -263,7 +320,7 @@ class LeaseTables:
 
     def renew(self, owner: str, term: int, ttl: float, *,
               beat: ReplicaRecord | None = None) -> Renewal:
-        params = {"name": self.name, "owner": owner, "term": term}
+        params = {"lease": self.key, "owner": owner, "term": term}
         with self._session(atomic=False) as session:
             if self._execute(session, RENEW, ttl=float(ttl), **params) == 1:
                 outcome = Renewal.RENEWED
@@ -276,11 +333,11 @@ class LeaseTables:
 
     def release(self, owner: str, term: int) -> bool:
         with self._session(atomic=False) as session:
-            return self._execute(session, RELEASE, name=self.name, owner=owner, term=term) == 1
+            return self._execute(session, RELEASE, lease=self.key, owner=owner, term=term) == 1
 
     def read(self) -> LeaseRecord | None:
         with self._session(atomic=False) as session:
-            rows = self._query(session, READ, name=self.name)
+            rows = self._query(session, READ, lease=self.key)
         if not rows:
             return None
         holder, term, acquired_at, renewed_at, expires_in, transitions = rows[0]
@@ -303,29 +360,36 @@ class LeaseTables:
 
     def _fenced(self, owner: str, term: int, drop: list[str], write: Mapping[str, str]) -> bool:
         """In one transaction: lock our lease row, drop ``drop``, then insert ``write``."""
-        with self._session(atomic=True) as session:
-            if self._execute(session, FENCE, name=self.name, owner=owner, term=term) != 1:
-                return False
-            if drop:
-                marks = ", ".join(f":e{i}" for i in range(len(drop)))
-                self._execute(
-                    session,
-                    f"DELETE FROM {{runs}} WHERE lease_name = :name AND entry_name IN ({marks})",
-                    name=self.name, **{f"e{i}": entry for i, entry in enumerate(drop)})
-            if write:
-                rows = ", ".join(f"(:name, :e{i}, :r{i})" for i in range(len(write)))
-                params: dict[str, Any] = {"name": self.name}
-                for i, (entry, record) in enumerate(write.items()):
-                    params[f"e{i}"], params[f"r{i}"] = entry, record
-                self._execute(
-                    session,
-                    f"INSERT INTO {{runs}} (lease_name, entry_name, record) VALUES {rows}",
-                    **params)
+        try:
+            with self._session(atomic=True) as session:
+                if self._execute(session, FENCE, lease=self.key, owner=owner, term=term) != 1:
+                    return False
+                if drop:
+                    marks = ", ".join(f":e{i}" for i in range(len(drop)))
+                    self._execute(
+                        session,
+                        "DELETE FROM {runs} WHERE lease_key = :lease AND entry_key IN "
+                        f"({marks})",
+                        lease=self.key,
+                        **{f"e{i}": name_key(entry) for i, entry in enumerate(drop)})
+                if write:
+                    rows = ", ".join(f"(:lease, :k{i}, :e{i}, :r{i})" for i in range(len(write)))
+                    params: dict[str, Any] = {"lease": self.key}
+                    for i, (entry, record) in enumerate(write.items()):
+                        params[f"k{i}"], params[f"e{i}"], params[f"r{i}"] = (
+                            name_key(entry), entry, record)
+                    self._execute(
+                        session,
+                        f"INSERT INTO {{runs}} (lease_key, entry_key, entry_name, record) "
+                        f"VALUES {rows}",
+                        **params)
+        except ClaimRejected as rejected:  # the whole transaction was rolled back
+            raise rejected.naming(drop) from rejected
         return True
 
     def load_history(self) -> dict[str, str]:
         with self._session(atomic=False) as session:
-            rows = self._query(session, HISTORY, name=self.name)
+            rows = self._query(session, HISTORY, lease=self.key)
         return {str(entry): str(record) for entry, record in rows}
 
     # -- the replica registry ----------------------------------------------------
@@ -335,27 +399,28 @@ class LeaseTables:
         if beat is None:
             return
         record = beat.as_left(term)
-        self._execute(session, DROP_EXPIRED, name=self.name)
-        self._execute(session, HEARTBEAT[self.dialect], name=self.name,
-                      replica=record.identity, record=json.dumps(record.encode()),
+        self._execute(session, DROP_EXPIRED, lease=self.key)
+        self._execute(session, HEARTBEAT[self.dialect], lease=self.key,
+                      replica_key=name_key(record.identity), replica=record.identity,
+                      record=json.dumps(record.encode()),
                       ttl=float(record.expires_in or 0.0))
 
     def replicas(self) -> list[ReplicaRecord]:
         with self._session(atomic=False) as session:
-            rows = self._query(session, LIVE, name=self.name)
+            rows = self._query(session, LIVE, lease=self.key)
         return sort_replicas([
             ReplicaRecord.decode(json.loads(record)).seen(float(age), float(expires_in))
             for record, age, expires_in in rows])
 
     def withdraw(self, identity: str) -> None:
         with self._session(atomic=False) as session:
-            self._execute(session, WITHDRAW, name=self.name, replica=identity)
+            self._execute(session, WITHDRAW, lease=self.key, replica_key=name_key(identity))
 
     def request_step_down(self) -> StepDownRequest | None:
         with self._session(atomic=False) as session:
-            if not self._execute(session, ASK_STEP_DOWN, name=self.name):
+            if not self._execute(session, ASK_STEP_DOWN, lease=self.key):
                 return None
-            holder, term = self._query(session, ASKED, name=self.name)[0]
+            holder, term = self._query(session, ASKED, lease=self.key)[0]
         return StepDownRequest(holder, int(term))
 
 

@@ -6,6 +6,21 @@ arguments why racing replicas can never both hold the lease, are in
 the tables (``leaderbeat_sql_table``, ``<that>_runs`` and ``<that>_replicas``)
 on first use.
 
+Tables made by celery-leaderbeat 0.1 keyed rows by the names themselves
+(VARCHAR(191)/(255) primary keys, compared by collation). The first replica
+that starts finds them and rebuilds each one in place, under a lock only
+one replica holds at a time (PostgreSQL: an advisory lock in the one
+transaction that rebuilds; MySQL/MariaDB: a named lock; SQLite: the
+database's write lock): create the new layout under a temporary name, copy
+every row with its keys, swap the names, drop the old table. The others
+wait for the lock, find the new layout and go on. PostgreSQL and SQLite
+rebuild in one transaction; MySQL swaps both names in one atomic ``RENAME
+TABLE``, so a crash leaves either the old table (rebuilt again at the next
+start) or the new one. Run records and leases are kept; heartbeat rows are
+not copied (every replica writes its own again within a retry interval).
+Replicas of the old version still running then fail every statement and
+stay standbys: upgrade all replicas together.
+
 URLs: ``postgresql://`` and ``postgres://`` use psycopg 3, ``mysql://`` and
 ``mariadb://`` use PyMySQL, ``sqlite:///relative.db`` or
 ``sqlite:////absolute/path.db`` the standard library; an explicit
@@ -28,10 +43,11 @@ from typing import Any
 import sqlalchemy as sa
 from kombu.utils.url import maybe_sanitize_url
 from sqlalchemy import event, exc
+from sqlalchemy.dialects import mysql
 
-from ..lease import StoreUnavailable
+from ..lease import ClaimRejected, StoreUnavailable
 from ..settings import LeaderSettings, improperly_configured
-from .lease_tables import DIALECTS, LeaseTables, SqlSession
+from .lease_tables import DIALECTS, LeaseTables, SqlSession, name_key, refuses_value
 
 __all__ = ["SqlLeaseStore", "engine_url", "lease_metadata"]
 
@@ -65,38 +81,71 @@ def engine_url(url: str) -> str:
     return f"{driver}://{rest}"
 
 
+#: The key of a name (lease_tables.name_key): 64 hex digits, equal under every collation.
+KEY = sa.String(64)
+#: A name kept whole and exactly: unbounded text (LONGTEXT on MySQL, whose TEXT stops at 64 KiB).
+NAME = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+#: MySQL/MariaDB: 4-byte UTF-8 (emoji) in every text column, whatever the server's default.
+TABLE_OPTIONS: dict[str, Any] = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+
+
 def lease_metadata(lease_table: str, run_table: str, replica_table: str) -> sa.MetaData:
     """The three tables, as the statements in :mod:`.lease_tables` expect them."""
     metadata = sa.MetaData()
     sa.Table(
         lease_table, metadata,
-        sa.Column("name", sa.String(191), primary_key=True),
-        sa.Column("owner", sa.String(255)),
-        sa.Column("holder", sa.String(255)),
+        sa.Column("lease_key", KEY, primary_key=True),
+        sa.Column("lease_name", NAME, nullable=False),
+        sa.Column("owner", NAME),
+        sa.Column("holder", NAME),
         sa.Column("term", sa.BigInteger, nullable=False, server_default="0"),
         # Epoch seconds on the database's clock.
         sa.Column("acquired_at", sa.Float(53)),
         sa.Column("renewed_at", sa.Float(53)),
         sa.Column("expires_at", sa.Float(53)),
         sa.Column("transitions", sa.BigInteger, nullable=False, server_default="0"),
-        sa.Column("last_holder", sa.String(255)),
+        sa.Column("last_holder_key", KEY),
         sa.Column("step_down_term", sa.BigInteger),
+        **TABLE_OPTIONS,
     )
     sa.Table(
         run_table, metadata,
-        sa.Column("lease_name", sa.String(191), primary_key=True),
-        sa.Column("entry_name", sa.String(255), primary_key=True),
+        sa.Column("lease_key", KEY, primary_key=True),
+        sa.Column("entry_key", KEY, primary_key=True),
+        sa.Column("entry_name", NAME, nullable=False),
         sa.Column("record", sa.Text, nullable=False),
+        **TABLE_OPTIONS,
     )
     sa.Table(
         replica_table, metadata,
-        sa.Column("lease_name", sa.String(191), primary_key=True),
-        sa.Column("replica", sa.String(255), primary_key=True),
+        sa.Column("lease_key", KEY, primary_key=True),
+        sa.Column("replica_key", KEY, primary_key=True),
+        sa.Column("replica", NAME, nullable=False),
         sa.Column("record", sa.Text, nullable=False),
         sa.Column("beat_at", sa.Float(53), nullable=False),
         sa.Column("expires_at", sa.Float(53), nullable=False),
+        **TABLE_OPTIONS,
     )
     return metadata
+
+
+def _old_lease_row(row: dict[str, Any]) -> dict[str, Any]:
+    holder = row.pop("last_holder", None)
+    row["lease_key"], row["lease_name"] = name_key(row["name"]), row.pop("name")
+    row["last_holder_key"] = None if holder is None else name_key(holder)
+    return row
+
+
+def _old_run_row(row: dict[str, Any]) -> dict[str, Any]:
+    row["lease_key"] = name_key(row.pop("lease_name"))
+    row["entry_key"] = name_key(row["entry_name"])
+    return row
+
+
+#: The rows of a 0.1 table (keyed by the names) in the current layout, per table:
+#: (its key column, which 0.1 lacked; the row converter, None to copy no rows).
+_REKEYED = {"lease": ("lease_key", _old_lease_row), "runs": ("entry_key", _old_run_row),
+            "replicas": ("replica_key", None)}
 
 
 def _default_connect_args(dialect: str, ttl: float) -> dict[str, Any]:
@@ -189,14 +238,19 @@ class SqlLeaseStore(LeaseTables):
                 with self._autocommit.connect() as connection:
                     yield _Connection(connection)
         except exc.SQLAlchemyError as error:
+            if refuses_value(getattr(error, "orig", None)):
+                raise ClaimRejected(_reason(error)) from error
             # Maybe the tables went away: check again (cheaply, once) next time.
             self._tables_ready = False
             raise StoreUnavailable(_reason(error)) from error
+        except UnicodeError as error:  # a name the driver cannot encode (a lone surrogate)
+            raise ClaimRejected(f"{type(error).__name__}: {error}") from error
 
     def create_tables(self) -> None:
         """Create the lease, run and replica tables unless they exist (safe to race).
 
-        Tables made by an earlier version get the nullable columns added since.
+        Tables made by 0.1 are rebuilt with name keys (see the module's
+        docstring); tables made since get the nullable columns added since.
         """
         for attempt in range(CREATE_ATTEMPTS):
             try:
@@ -207,8 +261,66 @@ class SqlLeaseStore(LeaseTables):
                 # CREATE; each attempt skips the tables that exist by now.
                 if attempt == CREATE_ATTEMPTS - 1:
                     raise
+        roles = dict(zip((self.lease_table, self.run_table, self.replica_table), _REKEYED))
+        for table in self.metadata.sorted_tables:
+            key, _ = _REKEYED[roles[table.name]]
+            columns = sa.inspect(self.engine).get_columns(table.name)
+            if key not in {c["name"] for c in columns}:
+                self._rekey(table, roles[table.name])
         self._add_missing_columns()
         self._tables_ready = True
+
+    def _rekey(self, table: sa.Table, role: str) -> None:
+        """Rebuild a 0.1 table keyed by names as the current one, under the migration lock."""
+        key, convert = _REKEYED[role]
+        quote = self.engine.dialect.identifier_preparer.quote
+        new, old = f"{table.name}__new", f"{table.name}__old"
+        with self._migration_lock() as connection:
+            columns = sa.inspect(connection).get_columns(table.name)
+            if key in {c["name"] for c in columns}:
+                return  # another replica rebuilt it while we waited for the lock
+            connection.exec_driver_sql(f"DROP TABLE IF EXISTS {quote(new)}")  # a crash's
+            rebuilt = table.to_metadata(sa.MetaData(), name=new)
+            rebuilt.create(connection)
+            if convert is not None:
+                rows = connection.exec_driver_sql(f"SELECT * FROM {quote(table.name)}")
+                converted = [convert(dict(row)) for row in rows.mappings()]
+                if converted:
+                    connection.execute(rebuilt.insert(), converted)
+            if self.dialect == "mysql":  # DDL commits anyway: swap both names atomically
+                connection.commit()
+                connection.exec_driver_sql(f"RENAME TABLE {quote(table.name)} TO {quote(old)}, "
+                                           f"{quote(new)} TO {quote(table.name)}")
+            else:  # inside the transaction
+                connection.exec_driver_sql(
+                    f"ALTER TABLE {quote(table.name)} RENAME TO {quote(old)}")
+                connection.exec_driver_sql(
+                    f"ALTER TABLE {quote(new)} RENAME TO {quote(table.name)}")
+            connection.exec_driver_sql(f"DROP TABLE {quote(old)}")
+            logger.warning("leaderbeat: rebuilt table %s with name keys (celery-leaderbeat 0.1 "
+                           "keyed it by names)", table.name)
+
+    @contextlib.contextmanager
+    def _migration_lock(self) -> Iterator[sa.Connection]:
+        """A connection holding the lock that only one migrating replica holds at a time."""
+        if self.dialect == "mysql":
+            lock = f"leaderbeat:{name_key(self.lease_table)[:40]}"
+            with self.engine.connect() as connection:
+                got = connection.exec_driver_sql("SELECT GET_LOCK(%s, 10)", (lock,)).scalar()
+                if got != 1:
+                    raise StoreUnavailable(
+                        f"another replica is rebuilding the tables of {self.lease_table}")
+                try:
+                    yield connection
+                    connection.commit()
+                finally:
+                    connection.exec_driver_sql("SELECT RELEASE_LOCK(%s)", (lock,))
+            return
+        with self.engine.begin() as connection:  # SQLite: BEGIN IMMEDIATE, the write lock
+            if self.dialect == "postgresql":
+                lock_id = int(name_key(self.lease_table)[:15], 16)
+                connection.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (lock_id,))
+            yield connection
 
     def _add_missing_columns(self) -> None:
         inspector = sa.inspect(self.engine)

@@ -12,6 +12,7 @@ Nothing here is imported by the runtime; one module per helper:
   that die with their parent, heartbeat records for registry tests.
 - :mod:`.beat_cluster`: :class:`BeatCluster`, K real ``celery beat``
   replicas with fault injection; :func:`replica_app`, the app they run.
+- :mod:`.names`: entry names stores have got wrong, and the round-trip check.
 - :mod:`.publishes`: :class:`MessageRecorder` and the judges of what a
   cluster published (duplicates, gaps, first publish by another replica).
 """
@@ -29,6 +30,7 @@ from .beat_cluster import (
     replica_app,
 )
 from .certificates import Certificates, make_certificates
+from .names import NAMES, assert_each_name_keeps_its_own_history
 from .ports import free_port
 from .processes import death_signal_setter
 from .proxy import TcpProxy
@@ -50,6 +52,7 @@ __all__ = [
     "EVERY_MINUTE",
     "EVERY_SECOND",
     "LEADER_SCHEDULER",
+    "NAMES",
     "SCHEDULE_ENV",
     "BeatCluster",
     "Certificates",
@@ -58,6 +61,7 @@ __all__ = [
     "RedisServer",
     "Replica",
     "TcpProxy",
+    "assert_each_name_keeps_its_own_history",
     "beat_schedule",
     "death_signal_setter",
     "duplicate_runs",
