@@ -165,3 +165,113 @@ def test_a_password_rotated_under_a_running_beat(tmp_path: Path) -> None:
         wait_for(lambda: "leaderbeat_store_misconfigured 0.0" in gauge(), 20,
                  message="the metric back to 0")
         wait_for(lambda: cluster.leader_by_lease() is replica, 20, message="leading again")
+
+
+# -- SQL and Django stores: refused credentials, unknown databases, missing rights
+
+PG = "postgresql://postgres@127.0.0.1:5432/test"
+MARIADB = "mysql://root@127.0.0.1:3306/test"
+
+
+@pytest.fixture(scope="module")
+def mariadb_reader() -> Any:
+    """A MariaDB user that may read the test database but not create tables."""
+    import sqlalchemy as sa
+
+    user = f"lb_reader_{os.getpid()}"
+    engine = sa.create_engine("mysql+pymysql://root@127.0.0.1:3306/test")
+    with engine.begin() as connection:
+        connection.exec_driver_sql(f"CREATE USER IF NOT EXISTS '{user}'@'%%' "
+                                   "IDENTIFIED BY 'reader-Pa55'")
+        connection.exec_driver_sql(f"GRANT SELECT ON test.* TO '{user}'@'%%'")
+    try:
+        yield user
+    finally:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(f"DROP USER IF EXISTS '{user}'@'%%'")
+        engine.dispose()
+
+
+@pytest.mark.parametrize(("url", "cause"), [
+    ("postgresql://postgres@127.0.0.1:5432/leaderbeat_no_such_db",
+     'database "leaderbeat_no_such_db" does not exist'),
+    ("postgresql://lb_no_such_role:s3cret-Pa55@127.0.0.1:5432/test",
+     'role "lb_no_such_role" does not exist'),
+    ("mysql://root:wr0ng-Pa55@127.0.0.1:3306/test", "Access denied for user 'root'"),
+    ("mysql://root@127.0.0.1:3306/leaderbeat_no_such_db", "Unknown database"),
+])
+def test_a_sql_store_that_refuses_the_replica_stops_beat(
+        tmp_path: Path, url: str, cause: str) -> None:
+    with pytest.raises(ImproperlyConfigured) as raised:
+        _scheduler(tmp_path, broker_url="memory://", leaderbeat_elector=url,
+                   leaderbeat_sql_table=f"lb_errors_{os.getpid()}")
+    message = str(raised.value)
+    assert message.startswith("leaderbeat_elector"), message
+    assert cause in message and "refuses this replica" in message
+    assert "Pa55" not in message
+
+
+def test_a_sql_user_without_the_right_to_create_tables_stops_beat(
+        tmp_path: Path, mariadb_reader: str) -> None:
+    url = f"mysql://{mariadb_reader}:reader-Pa55@127.0.0.1:3306/test"
+    with pytest.raises(ImproperlyConfigured, match="command denied") as raised:
+        _scheduler(tmp_path, broker_url="memory://", leaderbeat_elector=url,
+                   leaderbeat_sql_table=f"lb_noright_{os.getpid()}")
+    assert "Pa55" not in str(raised.value)
+
+
+def test_a_sql_server_that_is_down_is_not_permanent(tmp_path: Path) -> None:
+    scheduler = _scheduler(tmp_path, broker_url="memory://",
+                           leaderbeat_elector=f"postgresql://postgres@127.0.0.1:{free_port()}/test")
+    try:
+        assert scheduler.elector.misconfigured is None  # type: ignore[attr-defined]
+    finally:
+        scheduler.close()
+
+
+def test_a_password_rotated_under_a_running_sql_leader_keeps_it_up_as_a_standby(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A MariaDB user's password changes while it leads (its connections dropped,
+    as a server restart or a pool recycle would): ERROR, a standby, no exit."""
+    import sqlalchemy as sa
+
+    user, table = f"lb_rotated_{os.getpid()}", f"lb_rotated_{os.getpid()}"
+    root = sa.create_engine("mysql+pymysql://root@127.0.0.1:3306/test")
+    with root.begin() as connection:
+        connection.exec_driver_sql(f"CREATE USER IF NOT EXISTS '{user}'@'%%' "
+                                   "IDENTIFIED BY 'rotated-Pa55'")
+        connection.exec_driver_sql(f"GRANT ALL ON test.* TO '{user}'@'%%'")
+    scheduler = _scheduler(
+        tmp_path, broker_url="memory://", leaderbeat_sql_table=table,
+        leaderbeat_elector=f"mysql://{user}:rotated-Pa55@127.0.0.1:3306/test",
+        leaderbeat_lease_ttl=2.0, leaderbeat_renew_interval=0.2, leaderbeat_retry_interval=0.2)
+    try:
+        wait_for(lambda: scheduler.tick() is not None and scheduler.is_leader, 10,
+                 message="the replica leads")
+        with root.begin() as connection:
+            connection.exec_driver_sql(f"ALTER USER '{user}'@'%%' IDENTIFIED BY 'new-Pa55'")
+            ids = connection.exec_driver_sql(
+                f"SELECT id FROM information_schema.processlist WHERE user = '{user}'").all()
+            for (thread,) in ids:
+                connection.exec_driver_sql(f"KILL {int(thread)}")
+        with caplog.at_level("ERROR", logger="celery_leaderbeat.scheduler"):
+            wait_for(lambda: scheduler.tick() is not None
+                     and scheduler.elector.misconfigured is not None,  # type: ignore[attr-defined]
+                     10, message="the refusal is seen as permanent")
+            assert not scheduler.is_leader
+        errors = [r for r in caplog.records if r.levelname == "ERROR"]
+        assert errors and "leaderbeat_elector" in errors[-1].getMessage()
+        assert all("Pa55" not in r.getMessage() for r in caplog.records)
+    finally:
+        scheduler.close()
+        with root.begin() as connection:
+            connection.exec_driver_sql(f"DROP USER IF EXISTS '{user}'@'%%'")
+            for suffix in ("", "_runs", "_replicas"):
+                connection.exec_driver_sql(f"DROP TABLE IF EXISTS {table}{suffix}")
+        root.dispose()
+
+
+def test_missing_django_tables_are_permanent() -> None:
+    from celery_leaderbeat.stores.lease_tables import LeaseTableMissing
+
+    assert issubclass(LeaseTableMissing, StoreMisconfigured)

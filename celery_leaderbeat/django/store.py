@@ -18,13 +18,14 @@ from urllib.parse import urlsplit
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.db.utils import Error, ProgrammingError
 
-from ..lease import ClaimRejected, StoreUnavailable
+from ..lease import ClaimRejected, StoreMisconfigured, StoreUnavailable
 from ..settings import LeaderSettings, improperly_configured
 from ..stores.lease_tables import (
     DIALECTS,
     LeaseTableMissing,
     LeaseTables,
     SqlSession,
+    refuses_replica,
     refuses_value,
 )
 
@@ -107,6 +108,8 @@ class DjangoLeaseStore(LeaseTables):
         if not connection.in_atomic_block:
             connection.close()  # reconnect on the next attempt
         reason = f"{type(error).__name__}: {error}".strip()
+        if refuses_replica(error.__cause__ or error):
+            return StoreMisconfigured(reason, f"DATABASES[{self.alias!r}]")
         if isinstance(error, ProgrammingError) or "no such table" in str(error):
             with contextlib.suppress(Error):
                 existing = set(connection.introspection.table_names())
@@ -120,7 +123,8 @@ class DjangoLeaseStore(LeaseTables):
         database = "" if self.alias == DEFAULT_DB_ALIAS else f" --database {self.alias}"
         problem = LeaseTableMissing(
             f"table {', '.join(tables)} missing in the Django database {self.alias!r}: "
-            f"run `python manage.py migrate celery_leaderbeat{database}`")
+            f"run `python manage.py migrate celery_leaderbeat{database}`",
+            f"DATABASES[{self.alias!r}]")
         if not self._told_missing:  # the scheduler logs reasons at INFO; this one is an error
             self._told_missing = True
             logger.error("leaderbeat: %s", problem)

@@ -74,10 +74,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
-from ..lease import Acquisition, ClaimRejected, LeaseRecord, Renewal, StoreUnavailable
+from ..lease import (
+    Acquisition,
+    ClaimRejected,
+    LeaseRecord,
+    Renewal,
+    StoreMisconfigured,
+)
 from ..registry import ReplicaRecord, StepDownRequest, sort_replicas
 
 __all__ = ["DIALECTS", "LeaseTableMissing", "LeaseTables", "SqlSession", "name_key",
+           "refuses_replica",
            "refuses_value"]
 
 #: The database's clock, in epoch seconds, per dialect.
@@ -218,8 +225,47 @@ def refuses_value(driver_error: BaseException | None) -> bool:
     return bool(args) and args[0] in CHECK_FAILED
 
 
-class LeaseTableMissing(StoreUnavailable):
-    """The lease tables do not exist; the message says what to run."""
+#: PostgreSQL SQLSTATEs that waiting will not heal: refused credentials
+#: (28000, 28P01), an unknown database (3D000) or schema (3F000), a missing
+#: privilege (42501).
+PERMANENT_SQLSTATES = frozenset({"28000", "28P01", "3D000", "3F000", "42501"})
+#: MySQL/MariaDB error numbers of the same kinds: access denied to the database
+#: (1044) or the user (1045, 1698), unknown database (1049), a command or
+#: column denied (1142, 1143), a privilege needed (1227).
+PERMANENT_MYSQL_ERRORS = frozenset({1044, 1045, 1049, 1142, 1143, 1227, 1698})
+#: What drivers say when a connection is refused for good before any SQLSTATE
+#: exists (psycopg reports a failed login as text), and SQLite's read-only or
+#: unopenable file.
+PERMANENT_WORDS = re.compile(
+    r'password authentication failed|no pg_hba\.conf entry|(database|role) ".*" does not exist'
+    r"|readonly database|unable to open database file")
+
+
+def refuses_replica(driver_error: BaseException | None) -> bool:
+    """Whether a DB-API error refuses this replica for good (credentials,
+    database, privileges), so that waiting will not heal it.
+
+    By the driver's SQLSTATE (psycopg's ``sqlstate``), MySQL error number or,
+    for refusals that come before a session exists, the driver's words.
+    Refused or lost connections, timeouts, deadlocks and lock waits are not
+    permanent.
+    """
+    if driver_error is None:
+        return False
+    if getattr(driver_error, "sqlstate", None) in PERMANENT_SQLSTATES:
+        return True
+    args: tuple[Any, ...] = tuple(getattr(driver_error, "args", ()))
+    if args and args[0] in PERMANENT_MYSQL_ERRORS:
+        return True
+    return PERMANENT_WORDS.search(str(driver_error).lower()) is not None
+
+
+class LeaseTableMissing(StoreMisconfigured):
+    """The lease tables do not exist; the message says what to run.
+
+    Permanent: the tables of the Django store come from its migrations, which
+    beat does not run.
+    """
 
 
 class SqlSession(Protocol):

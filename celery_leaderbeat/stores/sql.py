@@ -45,9 +45,16 @@ from kombu.utils.url import maybe_sanitize_url
 from sqlalchemy import event, exc
 from sqlalchemy.dialects import mysql
 
-from ..lease import ClaimRejected, StoreUnavailable
+from ..lease import ClaimRejected, StoreMisconfigured, StoreUnavailable
 from ..settings import LeaderSettings, improperly_configured
-from .lease_tables import DIALECTS, LeaseTables, SqlSession, name_key, refuses_value
+from .lease_tables import (
+    DIALECTS,
+    LeaseTables,
+    SqlSession,
+    name_key,
+    refuses_replica,
+    refuses_value,
+)
 
 __all__ = ["SqlLeaseStore", "engine_url", "lease_metadata"]
 
@@ -242,6 +249,8 @@ class SqlLeaseStore(LeaseTables):
                 raise ClaimRejected(_reason(error)) from error
             # Maybe the tables went away: check again (cheaply, once) next time.
             self._tables_ready = False
+            if refuses_replica(getattr(error, "orig", None)):
+                raise StoreMisconfigured(_reason(error), "leaderbeat_elector") from error
             raise StoreUnavailable(_reason(error)) from error
         except UnicodeError as error:  # a name the driver cannot encode (a lone surrogate)
             raise ClaimRejected(f"{type(error).__name__}: {error}") from error
