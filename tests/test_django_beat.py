@@ -106,6 +106,20 @@ def _manage(env: dict[str, str], *args: str) -> None:
     assert done.returncode == 0, f"manage.py {' '.join(args)} failed:\n{done.stderr}"
 
 
+def _migrated_example(database_url: str, broker_url: str, queue: str) -> dict[str, str]:
+    """The example project's environment (a heartbeat every second), its database migrated."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(PROJECT)]),
+        "EXAMPLE_DATABASE": database_url,
+        "CELERY_BROKER_URL": broker_url,
+        "EXAMPLE_QUEUE": queue,
+        "EXAMPLE_EVERY": "1",
+    }
+    _manage(env, "migrate", "-v", "0")
+    return env
+
+
 def _by(publishes: list[Publish], pid: int, task: str = HEARTBEAT) -> list[Publish]:
     return [p for p in publishes if p.pid == pid and p.task == task]
 
@@ -114,15 +128,7 @@ def test_two_beats_one_publisher_and_handovers_repeat_nothing(
         database_url: str, tmp_path: Path) -> None:
     queue = f"lbdj-{uuid.uuid4().hex[:8]}"
     with RedisServer() as broker, MessageRecorder(broker.url, queue) as recorder:
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join([str(ROOT), str(PROJECT)]),
-            "EXAMPLE_DATABASE": database_url,
-            "CELERY_BROKER_URL": broker.url,
-            "EXAMPLE_QUEUE": queue,
-            "EXAMPLE_EVERY": "1",
-        }
-        _manage(env, "migrate", "-v", "0")
+        env = _migrated_example(database_url, broker.url, queue)
         beats: dict[str, Beat] = {}
         try:
             a = beats["a"] = Beat("beat-a", env, tmp_path).start()
@@ -196,15 +202,7 @@ def test_history_reads_the_database_schedule_and_the_claims(
     entry shown as removed, a crontab entry far from this hour shown as never run."""
     queue = f"lbdj-{uuid.uuid4().hex[:8]}"
     with RedisServer() as broker, MessageRecorder(broker.url, queue) as recorder:
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join([str(ROOT), str(PROJECT)]),
-            "EXAMPLE_DATABASE": database_url,
-            "CELERY_BROKER_URL": broker.url,
-            "EXAMPLE_QUEUE": queue,
-            "EXAMPLE_EVERY": "1",
-        }
-        _manage(env, "migrate", "-v", "0")
+        env = _migrated_example(database_url, broker.url, queue)
 
         def history() -> dict[str, Any]:
             done = subprocess.run(
