@@ -171,6 +171,17 @@ def cpu_seconds(pid: int) -> float:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def resident_mib(pid: int) -> tuple[float, float]:
+    """Resident memory of a live process in MiB: (now, peak), from ``/proc/<pid>/status``."""
+    found = {}
+    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+        for line in fh:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                found[key] = int(value.split()[0]) / 1024  # kB
+    return found["VmRSS"], found["VmHWM"]
+
+
 # -- numbers and tables ------------------------------------------------------------
 
 

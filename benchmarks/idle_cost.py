@@ -36,6 +36,7 @@ from benchmarks.common import (
     parser,
     print_table,
     private_redis,
+    resident_mib,
 )
 from celery_leaderbeat import LeaderScheduler
 from celery_leaderbeat.lease import LeaseTiming
@@ -103,6 +104,7 @@ def main() -> None:
             time.sleep(options.window)
             window = time.monotonic() - started
             used = {label: cpu_seconds(r.pid or 0) - before[label] for label, _, r in measured}
+            memory = {label: resident_mib(r.pid or 0) for label, _, r in measured}
             gone = [r for c in clusters.values() for r in c.exited_by_themselves()]
             if gone:
                 raise RuntimeError(f"replicas exited during the window: {gone}")
@@ -113,13 +115,14 @@ def main() -> None:
     per_hour = {label: seconds * 3600.0 / window for label, seconds in used.items()}
     plain_hour = per_hour["plain beat"]
     rows = [[label, scheduler, f"{used[label]:.3f}", f"{per_hour[label]:.1f}",
-             f"{100 * per_hour[label] / 3600:.3f} %", f"{per_hour[label] - plain_hour:+.1f}"]
+             f"{100 * per_hour[label] / 3600:.3f} %", f"{per_hour[label] - plain_hour:+.1f}",
+             f"{memory[label][0]:.1f} ({memory[label][1]:.1f})"]
             for label, scheduler, _ in measured]
     t = LeaseTiming()
     print(f"{options.entries} hourly entries, none due; window {window:.0f} s; default lease "
           f"timing (ttl {t.ttl} s, renew {t.renew_interval} s, retry {t.retry_interval} s).\n")
     print_table(["process", "scheduler", "CPU s in window", "CPU s / hour", "of one core",
-                 "vs plain, s / hour"], rows)
+                 "vs plain, s / hour", "RSS MiB (peak)"], rows)
     leader_hour, standby_hour = per_hour["leader"], per_hour["standby (shadowing, default)"]
     within = leader_hour <= plain_hour * 1.1
     print(f"- leader within 10 % of plain beat: {'met' if within else 'MISSED'} "

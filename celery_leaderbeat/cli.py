@@ -1,16 +1,19 @@
-"""``celery -A proj leaderbeat status|step-down|health``: see and steer the replicas.
+"""``celery -A proj leaderbeat status|step-down|health|history``: see and steer the replicas.
 
 Registered as a Celery sub-command through the ``celery.commands`` entry
 point. Every command reads the app's ``leaderbeat_*`` settings and opens the
 same store the replicas use; none of them joins the election.
 
-Exit codes: 0 fine; 1 no live leader, the store cannot be read, or a
-step-down did not move leadership; 3 the configured elector keeps no lease
-in a store (static, callable or custom electors), so there is nothing to
-answer with; 4 the store refuses these settings for a reason that waiting
-will not heal (wrong password, missing permission, unknown database, failed
-certificate check): the command connects exactly as the replicas do, so
-they are refused too, and stay standbys until the setting it names is fixed.
+Exit codes: 0 fine; 1 no live leader, the store cannot be read, a
+step-down did not move leadership, this replica sends no heartbeat
+(``health --self``), or ``history`` cannot read the history or schedule or
+knows no such entry; 3 the configured elector keeps no lease in a store
+(static, callable or custom electors), or keeps no replica registry where one
+is needed, so there is nothing to answer with; 4 the store refuses these
+settings for a reason that waiting will not heal (wrong password, missing
+permission, unknown database, failed certificate check): the command
+connects exactly as the replicas do, so they are refused too, and stay
+standbys until the setting it names is fixed.
 """
 
 from __future__ import annotations
@@ -27,12 +30,13 @@ from celery.exceptions import ImproperlyConfigured
 from celery.utils.imports import load_extension_class_names, symbol_by_name
 
 from .backends import choose_elector
+from .history_report import NEVER_RUN, REMOVED, configured_schedule, history_report
 from .lease import LeaseElector, LeaseRecord, LeaseStore, StoreMisconfigured, StoreUnavailable
 from .registry import LEADER, ReplicaRecord, ReplicaRegistry
 from .settings import LeaderSettings
 
 __all__ = ["EXIT_MISCONFIGURED", "EXIT_NO_STORE", "EXIT_OK", "EXIT_UNHEALTHY", "SCHEMA_VERSION",
-           "NoStore", "leaderbeat", "open_store", "snapshot"]
+           "NoStore", "leaderbeat", "open_store", "scheduler_class", "snapshot"]
 
 EXIT_OK = 0
 EXIT_UNHEALTHY = 1
@@ -54,6 +58,10 @@ def open_store(app: Any, scheduler: Any = None) -> tuple[LeaderSettings, LeaseSt
     ``beat_scheduler``): some schedulers bring their own default elector.
     """
     try:
+        app.loader.import_default_modules()  # sets Django up: django:// needs its apps
+    except Exception as exc:
+        raise NoStore(f"cannot load the app's modules: {exc!r}") from exc
+    try:
         settings = LeaderSettings.from_app(app)
         if settings.elector is None:
             settings = replace(settings, elector=default_elector(app, scheduler))
@@ -70,16 +78,24 @@ def open_store(app: Any, scheduler: Any = None) -> tuple[LeaderSettings, LeaseSt
 
 def default_elector(app: Any, scheduler: Any = None) -> str | None:
     """The elector URL a scheduler class falls back to (``default_elector``), if any."""
-    name = scheduler or app.conf.beat_scheduler
     try:
-        app.loader.import_default_modules()  # sets Django up in Django projects
-        aliases = dict(load_extension_class_names("celery.beat_schedulers"))
-        found: str | None = getattr(symbol_by_name(name, aliases=aliases),
-                                    "default_elector", None)
+        cls = scheduler_class(app, scheduler)
     except Exception as exc:
+        name = scheduler or app.conf.beat_scheduler
         raise NoStore(f"cannot import the scheduler {name!r} to learn its default elector "
                       f"({exc!r}); set leaderbeat_elector or pass --scheduler") from exc
+    found: str | None = getattr(cls, "default_elector", None)
     return found
+
+
+def scheduler_class(app: Any, scheduler: Any = None) -> Any:
+    """The class the replicas run: ``scheduler`` (as beat's ``-S``) or ``beat_scheduler``.
+
+    Raises whatever importing it raises.
+    """
+    app.loader.import_default_modules()  # sets Django up in Django projects
+    aliases = dict(load_extension_class_names("celery.beat_schedulers"))
+    return symbol_by_name(scheduler or app.conf.beat_scheduler, aliases=aliases)
 
 
 def snapshot(settings: LeaderSettings, store: LeaseStore) -> dict[str, Any]:
@@ -160,7 +176,8 @@ def _iso(stamp: datetime | None) -> str | None:
               help="The scheduler the replicas run (as beat's -S), if it is not the app's "
                    "beat_scheduler: it may choose the elector.")
 def leaderbeat(scheduler: str | None) -> None:
-    """See who leads the beat replicas of this app, move leadership, probe health."""
+    """See who leads the beat replicas of this app, move leadership, probe health,
+    read the run history."""
 
 
 def _store_or_exit(ctx: click.Context) -> tuple[LeaderSettings, LeaseStore]:
@@ -239,10 +256,16 @@ def _when(stamp: str | None, now: datetime) -> str:
 
 
 @leaderbeat.command(cls=CeleryCommand)
+@click.option("--self", "this_replica", is_flag=True,
+              help="Judge this replica (leaderbeat_identity), not the cluster: exit 0 while "
+                   "its heartbeat is fresh, leader or standby.")
 @click.pass_context
-def health(ctx: click.Context) -> None:
+def health(ctx: click.Context, this_replica: bool) -> None:
     """Exit 0 when a live leader holds a fresh lease, else non-zero (4: the store
     refuses these settings for good); one line why."""
+    if this_replica:
+        _replica_health(ctx)
+        return
     settings, store = _store_or_exit(ctx)
     try:
         doc = snapshot(settings, store)
@@ -251,6 +274,96 @@ def health(ctx: click.Context) -> None:
     if not doc["healthy"]:
         _fail(f"unhealthy: {doc['reason']}", _exit_code(doc))
     click.echo(f"healthy: {doc['reason']}")
+
+
+def _replica_health(ctx: click.Context) -> None:
+    """``health --self``: is this replica heartbeating, whatever its role?
+
+    A liveness probe's question. A standby passes: it is what makes a
+    takeover fast. A store that cannot be read is not judged against the
+    replica (exit 0, saying so): restarting replicas cannot bring a store back.
+    """
+    identity = ctx.obj.app.conf.get("leaderbeat_identity")
+    if not identity:
+        _fail("health --self needs leaderbeat_identity set to this replica's identity "
+              "(the default, host:pid, names another process)", EXIT_NO_STORE)
+    settings, store = _store_or_exit(ctx)
+    try:
+        if not isinstance(store, ReplicaRegistry):
+            _fail(f"the store {store.description} keeps no replica registry, so it cannot "
+                  "tell whether a replica is alive", EXIT_NO_STORE)
+        try:
+            mine = [r for r in store.replicas() if r.identity == identity]
+        except StoreUnavailable as exc:
+            click.echo(f"not judged: cannot read the store {store.description}: {exc}")
+            return
+    finally:
+        store.close()
+    if not mine:
+        _fail(f"not live: {identity} sends no heartbeat to {store.description} (lease "
+              f"{settings.lease_name!r})", EXIT_UNHEALTHY)
+    record = mine[0]
+    role = f"leader (term {record.term})" if record.role == LEADER else "standby"
+    click.echo(f"live: {identity} as {role}, heartbeat {record.heartbeat_age:.1f} s ago")
+
+
+@leaderbeat.command(cls=CeleryCommand)
+@click.argument("entry", required=False)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document, for machines.")
+@click.pass_context
+def history(ctx: click.Context, entry: str | None, as_json: bool) -> None:
+    """Each entry's last run (time, count, term, leader) and when it is next due."""
+    settings, store = _store_or_exit(ctx)
+    app = ctx.obj.app
+    scheduler = ctx.parent.params.get("scheduler") if ctx.parent else None
+    try:
+        try:
+            schedule = configured_schedule(app, scheduler_class(app, scheduler))
+        except Exception as exc:
+            _fail(f"cannot read the schedule of the scheduler "
+                  f"{scheduler or app.conf.beat_scheduler!r}: {exc!r}", EXIT_UNHEALTHY)
+        try:
+            doc = history_report(store, settings.lease_name, schedule, app.timezone, entry)
+        except StoreUnavailable as exc:
+            _fail(f"cannot read the run history in {store.description}: {exc}", EXIT_UNHEALTHY)
+    finally:
+        store.close()
+    if entry is not None and not doc["entries"]:
+        _fail(f"no entry {entry!r} in the schedule or in the run history of lease "
+              f"{settings.lease_name!r}", EXIT_UNHEALTHY)
+    click.echo(json.dumps(doc, indent=2) if as_json else render_history(doc))
+
+
+def render_history(doc: dict[str, Any]) -> str:
+    """``history`` for people: one row per entry."""
+    header = ("entry", "runs", "last run at", "term", "leader", "next due")
+    rows = [header]
+    for e in doc["entries"]:
+        run = e["last_run"]
+        if e["state"] == REMOVED:
+            due = "not in the schedule"
+        elif e["due_in"] is None:
+            due = "unknown"
+        else:
+            at_most = " at most" if e["state"] == NEVER_RUN else ""
+            due = (f"{e['next_due_at']} (overdue by {-e['due_in']:.1f} s)" if e["due_in"] < 0
+                   else f"{e['next_due_at']} (in {e['due_in']:.1f} s{at_most})")
+        rows.append((
+            e["name"],
+            "0" if run is None else str(run["total_run_count"]),
+            "never" if run is None else run["last_run_at"],
+            "" if run is None else str(run["term"]),
+            "" if run is None else run["leader"] or "unknown",
+            due,
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    lines = [f"run history of lease {doc['lease_name']!r} in {doc['store']}"]
+    for row in rows:
+        cells = [f"{cell:<{width}}" for cell, width in zip(row, widths)]
+        lines.append("  " + "  ".join([*cells, row[-1]]))
+    if len(rows) == 1:
+        lines.append("  (no entry in the schedule or the run history)")
+    return "\n".join(lines)
 
 
 @leaderbeat.command("step-down", cls=CeleryCommand)

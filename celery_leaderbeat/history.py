@@ -1,9 +1,10 @@
 """Shared run history: what the leaders have dispatched, kept in the lease store.
 
 Each schedule entry has one run record: when it last ran, how many times,
-and under which term. The leader claims a record (fenced by its term) before
-it publishes; a replica that becomes leader loads every record before its
-first dispatch, so it neither repeats nor skips what earlier leaders did.
+under which term, and which leader (by identity) claimed the run. The
+leader claims a record (fenced by its term) before it publishes; a replica
+that becomes leader loads every record before its first dispatch, so it
+neither repeats nor skips what earlier leaders did.
 
 Records are encoded once here, so every store keeps the same format.
 """
@@ -24,32 +25,43 @@ logger = logging.getLogger("celery.beat.leaderbeat")
 
 @dataclass(frozen=True)
 class RunRecord:
-    """One entry's last dispatch, as every replica sees it."""
+    """One entry's last dispatch, as every replica sees it.
+
+    ``last_run_at`` is Celery's ``last_run_at`` of the run: the time the
+    leader reserved it (within one tick of when it fell due), from which
+    the entry's next due time is counted. ``leader`` is the
+    ``leaderbeat_identity`` of the replica that claimed the run; records
+    written before it was kept decode with ``leader=None``, and a replica
+    of such a version reading a record with it ignores the extra key.
+    """
 
     last_run_at: datetime
     total_run_count: int
     term: int
+    leader: str | None = None
 
     def encode(self) -> str:
         stamp = self.last_run_at
         if stamp.tzinfo is None:  # Celery's naive datetimes are UTC
             stamp = stamp.replace(tzinfo=timezone.utc)
-        return json.dumps(
-            {
-                "last_run_at": stamp.isoformat(),
-                "total_run_count": self.total_run_count,
-                "term": self.term,
-            },
-            separators=(",", ":"),
-        )
+        data: dict[str, Any] = {
+            "last_run_at": stamp.isoformat(),
+            "total_run_count": self.total_run_count,
+            "term": self.term,
+        }
+        if self.leader is not None:
+            data["leader"] = self.leader
+        return json.dumps(data, separators=(",", ":"))
 
     @classmethod
     def decode(cls, text: str | bytes) -> RunRecord:
         data = json.loads(text)
+        leader = data.get("leader")
         return cls(
             last_run_at=datetime.fromisoformat(data["last_run_at"]),
             total_run_count=int(data["total_run_count"]),
             term=int(data["term"]),
+            leader=None if leader is None else str(leader),
         )
 
 

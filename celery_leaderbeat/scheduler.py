@@ -433,7 +433,8 @@ class LeaderSchedulerMixin:
                     or not self.is_due(entry)[0]:  # type: ignore[attr-defined]
                 continue
             count = entry.total_run_count + 1
-            runs[entry.name] = RunRecord(first.last_run_at, count, term).encode()
+            runs[entry.name] = RunRecord(first.last_run_at, count, term,
+                                         self.leader_settings.identity).encode()
             batch[entry.name] = (term, first.last_run_at, count)
         refused = self._claim(runs)
         if first.name in refused:
@@ -443,7 +444,8 @@ class LeaderSchedulerMixin:
                               if name in batch})
 
     def _record(self, entry: ScheduleEntry) -> str:
-        return RunRecord(entry.last_run_at, entry.total_run_count, self.term or 0).encode()
+        return RunRecord(entry.last_run_at, entry.total_run_count, self.term or 0,
+                         self.leader_settings.identity).encode()
 
     def _claim(self, runs: dict[str, str]) -> frozenset[str]:
         """Claim ``runs``; return the entries whose runs the store refused (reported)."""

@@ -9,6 +9,7 @@ is dispatched by whichever beat leads.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -105,6 +106,20 @@ def _manage(env: dict[str, str], *args: str) -> None:
     assert done.returncode == 0, f"manage.py {' '.join(args)} failed:\n{done.stderr}"
 
 
+def _migrated_example(database_url: str, broker_url: str, queue: str) -> dict[str, str]:
+    """The example project's environment (a heartbeat every second), its database migrated."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(PROJECT)]),
+        "EXAMPLE_DATABASE": database_url,
+        "CELERY_BROKER_URL": broker_url,
+        "EXAMPLE_QUEUE": queue,
+        "EXAMPLE_EVERY": "1",
+    }
+    _manage(env, "migrate", "-v", "0")
+    return env
+
+
 def _by(publishes: list[Publish], pid: int, task: str = HEARTBEAT) -> list[Publish]:
     return [p for p in publishes if p.pid == pid and p.task == task]
 
@@ -113,15 +128,7 @@ def test_two_beats_one_publisher_and_handovers_repeat_nothing(
         database_url: str, tmp_path: Path) -> None:
     queue = f"lbdj-{uuid.uuid4().hex[:8]}"
     with RedisServer() as broker, MessageRecorder(broker.url, queue) as recorder:
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join([str(ROOT), str(PROJECT)]),
-            "EXAMPLE_DATABASE": database_url,
-            "CELERY_BROKER_URL": broker.url,
-            "EXAMPLE_QUEUE": queue,
-            "EXAMPLE_EVERY": "1",
-        }
-        _manage(env, "migrate", "-v", "0")
+        env = _migrated_example(database_url, broker.url, queue)
         beats: dict[str, Beat] = {}
         try:
             a = beats["a"] = Beat("beat-a", env, tmp_path).start()
@@ -176,3 +183,64 @@ def test_two_beats_one_publisher_and_handovers_repeat_nothing(
 
 def _seconds(stamp: str) -> float:
     return datetime.fromisoformat(stamp).timestamp()
+
+
+RETIRE_HEARTBEAT_ADD_NIGHTLY = """
+from django.utils import timezone
+from django_celery_beat.models import CrontabSchedule, PeriodicTask
+PeriodicTask.objects.filter(name="heartbeat").update(enabled=False)
+# Twelve hours from now: an hour DatabaseScheduler.all_as_schedule leaves out.
+far = (timezone.localtime().hour + 12) % 24
+nightly = CrontabSchedule.objects.create(minute="0", hour=str(far))
+PeriodicTask.objects.create(name="nightly", task="proj.tasks.report", crontab=nightly)
+"""
+
+
+def test_history_reads_the_database_schedule_and_the_claims(
+        database_url: str, tmp_path: Path) -> None:
+    """``leaderbeat history`` on the Django store: runs of two leaders, a disabled
+    entry shown as removed, a crontab entry far from this hour shown as never run."""
+    queue = f"lbdj-{uuid.uuid4().hex[:8]}"
+    with RedisServer() as broker, MessageRecorder(broker.url, queue) as recorder:
+        env = _migrated_example(database_url, broker.url, queue)
+
+        def history() -> dict[str, Any]:
+            done = subprocess.run(
+                [sys.executable, "-m", "celery", "-A", "proj", "leaderbeat", "history", "--json"],
+                cwd=PROJECT, env=env, capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+            return {e["name"]: e for e in json.loads(done.stdout)["entries"]}
+
+        beats: list[Beat] = []
+        try:
+            a = Beat("beat-a", env, tmp_path).start()
+            beats.append(a)
+            wait_for(lambda: len(_by(recorder.publishes(), a.pid)) >= 2, timeout=60,
+                     message="two heartbeats by beat-a")
+            first = history()["heartbeat"]
+            a.signal(signal.SIGTERM)
+            b = Beat("beat-b", env, tmp_path).start()
+            beats.append(b)
+            wait_for(lambda: len(_by(recorder.publishes(), b.pid)) >= 2, timeout=60,
+                     message="two heartbeats by beat-b")
+            second = history()["heartbeat"]
+            _manage(env, "shell", "-c", RETIRE_HEARTBEAT_ADD_NIGHTLY)
+            after = history()
+        finally:
+            for beat in beats:
+                beat.stop()
+
+    assert first["state"] == "ran" and first["task"] == HEARTBEAT
+    assert first["last_run"]["leader"] == "beat-a"
+    assert second["state"] == "ran"
+    assert second["last_run"]["leader"] == "beat-b"
+    assert second["last_run"]["term"] > first["last_run"]["term"]
+    assert second["last_run"]["total_run_count"] > first["last_run"]["total_run_count"]
+    assert -2.0 <= second["due_in"] <= 1.0
+    assert after["heartbeat"]["state"] == "removed"
+    assert after["heartbeat"]["last_run"]["leader"] == "beat-b"
+    nightly = after["nightly"]
+    assert nightly["state"] == "never run" and nightly["last_run"] is None
+    assert nightly["task"] == REPORT
+    assert 0 < nightly["due_in"] <= 24 * 3600
+    assert datetime.fromisoformat(nightly["next_due_at"]).minute == 0

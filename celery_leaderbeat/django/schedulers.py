@@ -85,6 +85,24 @@ class LeaderDatabaseScheduler(LeaderSchedulerMixin, DatabaseScheduler):  # type:
     _dirty: set[str]
     _schedule: dict[str, Any]
 
+    @classmethod
+    def configured_schedule(cls, app: Any) -> dict[str, LeaderModelEntry]:
+        """Every enabled ``PeriodicTask``, as entries (for ``leaderbeat history``).
+
+        All of them: ``DatabaseScheduler.all_as_schedule`` leaves out crontab
+        rows far from the current hour, which would read as removed entries.
+        Built without a scheduler instance, so nothing is elected or written.
+        """
+        from django_celery_beat.models import PeriodicTask
+
+        schedule = {}
+        for model in PeriodicTask.objects.enabled():
+            try:
+                schedule[model.name] = cls.Entry(model, app=app)
+            except ValueError:  # as all_as_schedule: a row beat cannot load either
+                continue
+        return schedule
+
     def reserve(self, entry: LeaderModelEntry) -> LeaderModelEntry:
         """Claim the run (fenced), then save it at once."""
         try:

@@ -405,12 +405,16 @@ class BeatCluster:
         return found
 
     def leaderbeat(self, *args: str, conf: Mapping[str, Any] | None = None,
+                   schedule: Mapping[str, Mapping[str, Any]] | None = None,
                    timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """Run ``celery -A <app> leaderbeat <args>`` as an operator would, with the
-        replicas' settings (``conf`` overrides some); capture its output."""
+        replicas' settings (``conf`` overrides some; ``schedule`` replaces the
+        schedule spec, as a deploy that changed it would); capture its output."""
         env = dict(self.replicas[0].env)
         if conf is not None:
             env[CONF_ENV] = json.dumps({**json.loads(env[CONF_ENV]), **conf})
+        if schedule is not None:
+            env[SCHEDULE_ENV] = json.dumps(schedule)
         return subprocess.run(
             [sys.executable, "-m", "celery", "-A", self.app, "leaderbeat", *args],
             env=env, cwd=self.directory, capture_output=True, text=True, timeout=timeout)
