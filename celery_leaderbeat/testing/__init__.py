@@ -4,6 +4,9 @@ Nothing here is imported by the runtime; one module per helper:
 
 - :mod:`.redis_server`: :class:`RedisServer`, a private ``redis-server`` on a
   free loopback port that a test may stop, restart, pause or kill.
+- :mod:`.etcd_server`: :class:`EtcdCluster`, a private etcd of one member or
+  several on free loopback ports, whose members a test may stop, kill -9,
+  pause and restart, and whose Raft leader it can find.
 - :mod:`.proxy`: :class:`TcpProxy`, a loopback relay a test can cut, so a
   server becomes unreachable for some clients only.
 - :mod:`.waiting`: :func:`wait_for`, wait on a condition with a deadline.
@@ -27,6 +30,7 @@ from .beat_cluster import (
     beat_schedule,
     replica_app,
 )
+from .etcd_server import EtcdCluster, EtcdMember, etcd_executable
 from .ports import free_port
 from .processes import death_signal_setter
 from .proxy import TcpProxy
@@ -50,6 +54,8 @@ __all__ = [
     "LEADER_SCHEDULER",
     "SCHEDULE_ENV",
     "BeatCluster",
+    "EtcdCluster",
+    "EtcdMember",
     "MessageRecorder",
     "Publish",
     "RedisServer",
@@ -58,6 +64,7 @@ __all__ = [
     "beat_schedule",
     "death_signal_setter",
     "duplicate_runs",
+    "etcd_executable",
     "first_publish_by_another",
     "free_port",
     "publishes_closer_than",
