@@ -102,7 +102,7 @@ def test_the_server_lease_outlives_the_local_deadline(
         make_store: Callable[[], EtcdLeaseStore]) -> None:
     """ceil(ttl) is granted from when etcd hears the request: never before our deadline."""
     store = make_store()
-    timing = LeaseTiming(ttl=2.5, renew_interval=0.5, retry_interval=0.5)
+    timing = LeaseTiming(ttl=2.9, renew_interval=0.5, retry_interval=0.5)
     sent = time.monotonic()
     won = store.acquire("owner-a", "a", timing.ttl)
     assert won.acquired
@@ -132,10 +132,12 @@ def test_a_claim_under_a_stale_term_or_another_owner_is_refused(
     first = old.acquire("owner-old", "old", TTL)
     assert old.claim("owner-old", first.lease.term, {"job": "run-1"})
     assert not new.claim("owner-new", first.lease.term, {"job": "forged"})
-    assert old.release("owner-old", first.lease.term)
+    # The old leader is paused past its lease; another replica takes over.
+    wait_for(lambda: new.read() is None, TTL + 3, message="the old lease expiring")
     second = new.acquire("owner-new", "new", TTL)
     assert second.acquired
-    # The old leader, resuming after a pause, is refused with everything it sends.
+    # Resuming, the old leader is refused with everything it sends: etcd compares
+    # the lease key's create revision and value in the writing transaction.
     assert not old.claim("owner-old", first.lease.term, {"job": "run-2", "other": "x"})
     assert not old.forget("owner-old", first.lease.term, ["job"])
     assert not old.claim("owner-new", first.lease.term, {"job": "run-2"})
@@ -308,3 +310,50 @@ def test_an_unreachable_store_raises_store_unavailable(lease_name: str) -> None:
                  lambda: store.claim("o", 1, {"x": "y"})):
         with pytest.raises(StoreUnavailable):
             call()
+
+
+def test_login_with_user_and_password(lease_name: str) -> None:
+    with EtcdCluster(1) as etcd:
+        etcd.enable_login("s3cret-pw")
+        endpoint = etcd.members[0].endpoint
+        anonymous = etcd_store(f"etcd://{endpoint}", lease_name)
+        with pytest.raises(StoreUnavailable, match=r"refuses this client.*user name is empty"):
+            anonymous.acquire("owner", "a", TTL)
+        wrong = etcd_store(f"etcd://root:wrong-pw@{endpoint}", lease_name)
+        with pytest.raises(StoreUnavailable, match="login as 'root' refused") as caught:
+            wrong.read()
+        assert "wrong-pw" not in str(caught.value)
+
+        store = etcd_store(f"etcd://root:s3cret-pw@{endpoint}", lease_name)
+        assert "s3cret" not in store.description
+        won = store.acquire("owner", "a", 5.0)
+        assert won.acquired and store.claim("owner", won.lease.term, {"job": "run"})
+        # A restarted member forgets its tokens: the store logs in again.
+        etcd.stop(etcd.members[0])
+        etcd.restart(etcd.members[0])
+        assert store.renew("owner", won.lease.term, 5.0) is Renewal.RENEWED
+        assert store.load_history() == {"job": "run"}
+        for each in (anonymous, wrong, store):
+            each.close()
+
+
+def test_tls_with_a_client_certificate(lease_name: str) -> None:
+    with EtcdCluster(1, tls=True) as etcd:
+        assert etcd.url.startswith("etcds://")
+        store = etcd_store(etcd.url, lease_name, etcd_options=etcd.tls_options)
+        won = store.acquire("owner", "a", TTL)
+        assert won.acquired and store.claim("owner", won.lease.term, {"job": "run"})
+        store.close()
+        # Without the client certificate, or trusting another CA, etcd is unusable;
+        # the reason says so.
+        no_cert = etcd_store(etcd.url, lease_name,
+                             etcd_options={"ca_cert": etcd.tls_options["ca_cert"]})
+        with pytest.raises(StoreUnavailable, match="refuses this client"):
+            no_cert.read()
+        plain = etcd_store(etcd.url.replace("etcds://", "etcd://"), lease_name)
+        with pytest.raises(StoreUnavailable):
+            plain.read()
+        wrong_ca = etcd_store(etcd.url, lease_name)  # the system's CAs
+        with pytest.raises(StoreUnavailable, match=r"TLS with 127\.0\.0\.1:\d+ failed"):
+            wrong_ca.read()
+

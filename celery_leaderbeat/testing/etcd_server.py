@@ -3,8 +3,10 @@
 Each member gets its own data directory under one temporary directory,
 removed on exit (a member preallocates a 64 MB write-ahead log). A test can
 stop, kill -9, pause and restart members and ask which one is the Raft
-leader. Members talk plain HTTP on 127.0.0.1 with etcd's default timing
-(100 ms heartbeat, 1 s election timeout).
+leader. Members run with etcd's default timing (100 ms heartbeat, 1 s
+election timeout) on 127.0.0.1; clients talk plain HTTP, or with
+``tls=True`` HTTPS with client certificates from a throw-away CA (made with
+the ``openssl`` command).
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import tempfile
+import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
@@ -42,10 +46,16 @@ class EtcdMember:
     peer_port: int
     data_dir: str
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    #: For HTTPS members: how the harness itself connects (CA and client certificate).
+    tls: ssl.SSLContext | None = field(default=None, repr=False)
 
     @property
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.client_port}"
+
+    @property
+    def client_url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://{self.endpoint}"
 
     @property
     def peer_url(self) -> str:
@@ -58,9 +68,9 @@ class EtcdMember:
     def call(self, path: str, body: dict[str, Any], timeout: float = 1.0) -> dict[str, Any]:
         """POST to this member's JSON gateway (``/v3/<path>``)."""
         request = urllib.request.Request(
-            f"http://{self.endpoint}/v3/{path}", data=json.dumps(body).encode(),
+            f"{self.client_url}/v3/{path}", data=json.dumps(body).encode(),
             headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout, context=self.tls) as response:
             answer: dict[str, Any] = json.loads(response.read())
             return answer
 
@@ -75,21 +85,32 @@ class EtcdMember:
 class EtcdCluster:
     """``size`` etcd members forming one cluster on free loopback ports.
 
-    ``url`` is the ``etcd://`` URL naming every member. Use as a context
-    manager: ``with EtcdCluster(3) as cluster: ...``.
+    ``url`` is the ``etcd://`` URL naming every member (``etcds://`` with
+    ``tls``; then ``tls_options`` is the matching ``leaderbeat_etcd_options``).
+    Use as a context manager: ``with EtcdCluster(3) as cluster: ...``.
     """
 
-    def __init__(self, size: int = 1, executable: str | None = None) -> None:
+    def __init__(self, size: int = 1, executable: str | None = None,
+                 tls: bool = False) -> None:
         self.executable = executable or etcd_executable() or "etcd"
         self._dir = tempfile.mkdtemp(prefix="leaderbeat-etcd-")
         self.token = f"leaderbeat-{uuid.uuid4().hex[:8]}"
+        self.tls_options: dict[str, str] = {}
+        context = None
+        if tls:
+            self.tls_options = _make_certificates(os.path.join(self._dir, "pki"))
+            context = ssl.create_default_context(cafile=self.tls_options["ca_cert"])
+            context.load_cert_chain(self.tls_options["client_cert"],
+                                    self.tls_options["client_key"])
         self.members = [
-            EtcdMember(f"m{i}", free_port(), free_port(), os.path.join(self._dir, f"m{i}"))
+            EtcdMember(f"m{i}", free_port(), free_port(), os.path.join(self._dir, f"m{i}"),
+                       tls=context)
             for i in range(size)]
 
     @property
     def url(self) -> str:
-        return "etcd://" + ",".join(m.endpoint for m in self.members)
+        scheme = "etcds" if self.tls_options else "etcd"
+        return f"{scheme}://" + ",".join(m.endpoint for m in self.members)
 
     def start(self, timeout: float = 20.0) -> EtcdCluster:
         """Start every member that is not running; wait until the cluster has a leader."""
@@ -102,7 +123,13 @@ class EtcdCluster:
         if member.running:
             return
         initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
-        client = f"http://{member.endpoint}"
+        client = member.client_url
+        tls = []
+        if self.tls_options:
+            pki = os.path.dirname(self.tls_options["ca_cert"])
+            tls = ["--cert-file", os.path.join(pki, "server.pem"),
+                   "--key-file", os.path.join(pki, "server.key"),
+                   "--trusted-ca-file", self.tls_options["ca_cert"], "--client-cert-auth"]
         member.process = subprocess.Popen(
             [
                 self.executable, "--name", member.name, "--data-dir", member.data_dir,
@@ -110,7 +137,7 @@ class EtcdCluster:
                 "--listen-peer-urls", member.peer_url,
                 "--initial-advertise-peer-urls", member.peer_url,
                 "--initial-cluster", initial, "--initial-cluster-token", self.token,
-                "--initial-cluster-state", "new", "--log-level", "error",
+                "--initial-cluster-state", "new", "--log-level", "error", *tls,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -140,12 +167,25 @@ class EtcdCluster:
             leader = self.leader()
             if leader is None:
                 return None
-            leader.call("kv/put", {"key": "bGVhZGVyYmVhdC1wcm9iZQ==", "value": ""})
+            # An error is an answer all the same (with login on: "user name is empty").
+            with contextlib.suppress(urllib.error.HTTPError):
+                leader.call("kv/put", {"key": "bGVhZGVyYmVhdC1wcm9iZQ==", "value": ""})
             return leader
 
         leader = wait_for(ready, timeout, interval=0.05, message="an etcd leader")
         assert leader is not None
         return leader
+
+    def enable_login(self, password: str) -> None:
+        """Turn on etcd's authentication with a ``root`` user of this password.
+
+        From then on every request needs a login (``etcd://root:<password>@...``).
+        """
+        member = self.wait_for_leader()
+        member.call("auth/role/add", {"name": "root"})
+        member.call("auth/user/add", {"name": "root", "password": password})
+        member.call("auth/user/grant", {"user": "root", "role": "root"})
+        member.call("auth/enable", {})
 
     def kill(self, member: EtcdMember) -> None:
         """kill -9 the member: no goodbye to its peers or clients."""
@@ -200,4 +240,32 @@ class EtcdCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _make_certificates(directory: str) -> dict[str, str]:
+    """A throw-away CA, a server certificate for 127.0.0.1 and a client certificate.
+
+    Returns the client side as ``leaderbeat_etcd_options`` names it.
+    """
+    os.makedirs(directory)
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl("req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=leaderbeat test CA")
+    # etcd's JSON gateway reaches its own gRPC server with the server certificate,
+    # as a client: with --client-cert-auth that certificate needs clientAuth too.
+    for name, usage in (("server", "serverAuth,clientAuth"), ("client", "clientAuth")):
+        with open(os.path.join(directory, f"{name}.ext"), "w", encoding="ascii") as fh:
+            fh.write(f"subjectAltName=IP:127.0.0.1\nextendedKeyUsage={usage}\n")
+        openssl("req", *key, "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                "-subj", f"/CN=leaderbeat {name}")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-out", f"{name}.pem", "-days", "2",
+                "-extfile", f"{name}.ext")
+    return {name: os.path.join(directory, f"{base}")
+            for name, base in (("ca_cert", "ca.pem"), ("client_cert", "client.pem"),
+                               ("client_key", "client.key"))}
 
