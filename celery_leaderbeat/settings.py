@@ -90,9 +90,9 @@ SETTINGS = {
         Setting(
             "leaderbeat_etcd_options",
             None,
-            "a dict with any of timeout (seconds per call, below the lease TTL), "
+            "a dict with any of timeout (seconds per request, below the lease TTL), "
             "ca_cert, client_cert and client_key (paths to PEM files, etcds:// only)",
-            "etcd electors (etcd://, etcds://): the time one store call may take across "
+            "etcd electors (etcd://, etcds://): the time one request may take across "
             "members (default 1 s), and the TLS files.",
         ),
         Setting(

@@ -7,6 +7,8 @@ only when the etcd binary is absent: ``make servers`` installs it.
 
 from __future__ import annotations
 
+import http.server
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any, Callable
@@ -259,11 +261,32 @@ def test_tls_files_are_checked_at_start_up(options: dict[str, Any]) -> None:
                                                                       etcd_options=options))
 
 
-def test_a_refused_connection_leaves_a_standby_with_a_clear_reason(lease_name: str) -> None:
+@pytest.fixture
+def not_etcd() -> Iterator[int]:
+    """A port where an HTTP server answers that is not etcd (as a proxy or a web server)."""
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_wrong_endpoint_leaves_a_standby_with_a_clear_reason(
+        lease_name: str, not_etcd: int) -> None:
     """Unreachable at start-up is transient (as for Redis): stay a standby, say why."""
-    ports = [free_port(), free_port()]
-    url = "etcd://" + ",".join(f"127.0.0.1:{port}" for port in ports)
-    store = etcd_store(url, lease_name)
+    refused = free_port()
+    store = etcd_store(f"etcd://127.0.0.1:{refused},127.0.0.1:{not_etcd}", lease_name)
     elector = LeaseElector(store, identity="a")
     started = time.monotonic()
     with pytest.raises(NotLeader) as caught:
@@ -271,9 +294,8 @@ def test_a_refused_connection_leaves_a_standby_with_a_clear_reason(lease_name: s
     assert time.monotonic() - started < 1.0
     reason = str(caught.value)
     assert "no etcd member answered" in reason
-    for port in ports:
-        assert f"127.0.0.1:{port}" in reason
-    assert "refused" in reason
+    assert f"127.0.0.1:{refused}: Connection refused" in reason
+    assert f"127.0.0.1:{not_etcd}: HTTP 404 without an etcd answer" in reason
     elector.close()
 
 

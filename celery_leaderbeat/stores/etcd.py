@@ -94,7 +94,7 @@ DEFAULT_PORT = 2379
 #: election timeouts, rounded up to whole seconds.
 MIN_LEASE_TTL = 2.0
 
-#: Seconds one store call may take across members, unless the options say otherwise.
+#: Seconds one request to etcd may take across members, unless the options say otherwise.
 DEFAULT_TIMEOUT = 1.0
 
 #: etcd's default ``--max-txn-ops``: operations in one branch of a transaction.

@@ -18,13 +18,13 @@ store makes, and nothing else. Why not a library:
 So the only dependency is urllib3 (the ``[etcd]`` extra), and the client
 keeps what a lease engine needs in its own hands:
 
-- Endpoint failover: a call goes to the member that answered last. On a
+- Endpoint failover: a request goes to the member that answered last. On a
   connection error, a timeout or an answer meaning "this member cannot
   serve now" (gRPC UNAVAILABLE or DEADLINE_EXCEEDED: no leader, leader
   changed, request timed out) it moves on to the next member, within one
-  deadline for the whole call (``timeout``), so a tick never blocks longer
-  than that. Every call the store makes is safe to repeat on another
-  member after a lost answer (see :mod:`.etcd`).
+  deadline for the whole request (``timeout``); the next request starts
+  with a member that answered. Every request the store makes is safe to
+  repeat on another member after a lost answer (see :mod:`.etcd`).
 - Login: with a user name, a token from ``/v3/auth/authenticate`` is sent
   in the ``Authorization`` header. etcd's simple tokens are valid on the
   member that issued them only, so each member gets its own token, renewed
@@ -145,14 +145,20 @@ class EtcdGateway:
             except _MemberDown as exc:
                 failures.append(f"{_where(self.endpoints[index])}: {exc}")
                 continue
-            with self._lock:
-                self._current = index
+            except StoreUnavailable:
+                self._answered(index)  # an answer all the same: this member is up
+                raise
+            self._answered(index)
             return answer
         with self._lock:
             if self._current == first:  # start the next call with another member
                 self._current = (first + 1) % len(self._pools)
         tried = "; ".join(failures) or f"no time left within {self.timeout} s"
         raise StoreUnavailable(f"no etcd member answered within {self.timeout} s ({tried})")
+
+    def _answered(self, index: int) -> None:
+        with self._lock:
+            self._current = index
 
     def _call_member(self, index: int, path: str, body: dict[str, Any],
                      left: float) -> dict[str, Any]:
@@ -161,9 +167,12 @@ class EtcdGateway:
             if self._username is not None:
                 headers["Authorization"] = self._token(index, left)
             status, answer = self._post(index, path, body, headers, left)
-            if status == 200:
+            if status == 200 and ("header" in answer or "result" in answer):
                 return answer
-            code, message = int(answer.get("code", 0)), str(answer.get("message") or answer)
+            if "code" not in answer:  # some other server, or a proxy, answers on that port
+                raise _MemberDown(f"HTTP {status} without an etcd answer: is this an etcd "
+                                  "client URL?")
+            code, message = int(answer["code"]), str(answer.get("message") or answer)
             if code == UNAUTHENTICATED and "invalid auth token" in message and attempt == 0:
                 self._tokens.pop(index, None)  # expired, or issued by another member
                 continue
@@ -181,12 +190,13 @@ class EtcdGateway:
             status, answer = self._post(
                 index, "auth/authenticate", {"name": self._username, "password": self._password},
                 {"Content-Type": "application/json"}, left)
-            if status != 200:
-                message = str(answer.get("message") or answer)
-                if int(answer.get("code", 0)) in MEMBER_UNAVAILABLE:
-                    raise _MemberDown(message)
-                raise misconfiguration(f"login as {self._username!r} refused: {message}")
-            token = self._tokens[index] = str(answer["token"])
+            if status == 200 and "token" in answer:
+                token = self._tokens[index] = str(answer["token"])
+            elif "code" not in answer or int(answer["code"]) in MEMBER_UNAVAILABLE:
+                raise _MemberDown(f"HTTP {status} to the login: {answer.get('message')}")
+            else:
+                raise misconfiguration(f"login as {self._username!r} refused: "
+                                       f"{answer.get('message')}")
         return token
 
     def _post(self, index: int, path: str, body: dict[str, Any], headers: dict[str, str],
@@ -203,10 +213,8 @@ class EtcdGateway:
         try:
             answer = json.loads(response.data or b"{}")
         except ValueError:
-            answer = {"message": response.data[:200].decode(errors="replace")}
-        if not isinstance(answer, dict):
-            answer = {"message": repr(answer)[:200]}
-        return response.status, answer
+            answer = {}
+        return response.status, answer if isinstance(answer, dict) else {}
 
     def close(self) -> None:
         for pool in self._pools:
@@ -223,12 +231,9 @@ def _where(endpoint: tuple[str, int]) -> str:
 
 
 def _reason(exc: BaseException) -> str:
-    """The innermost cause in one line: 'Connection refused', 'Read timed out', ..."""
-    while exc.__context__ is not None and isinstance(exc.__context__, OSError):
-        exc = exc.__context__
-    reason = getattr(exc, "reason", None)
-    text = str(reason if isinstance(reason, BaseException) else exc)
+    """The cause in a few words ('Connection refused', 'timed out', ...), else the error."""
+    text = str(exc)
     for known in ("Connection refused", "timed out", "Connection reset", "Name or service not"):
         if known in text:
-            return known if known != "timed out" else "timed out"
+            return known
     return f"{type(exc).__name__}: {text}"
