@@ -251,6 +251,17 @@ def test_settings_etcd_cannot_honour_are_refused_at_start_up(
     assert problem in str(caught.value)
 
 
+def test_etcd_options_must_be_a_dict() -> None:
+    from celery import Celery
+
+    from celery_leaderbeat.settings import LeaderSettings
+
+    app = Celery("conf", set_as_current=False)
+    app.conf.leaderbeat_etcd_options = "timeout=1"
+    with pytest.raises(ImproperlyConfigured, match="CELERY_LEADERBEAT_ETCD_OPTIONS"):
+        LeaderSettings.from_app(app)
+
+
 @pytest.mark.parametrize("options", [
     {"ca_cert": "/nonexistent/ca.pem"},
     {"client_cert": "/etc/hostname"},
@@ -305,12 +316,23 @@ def test_etcd_stopped_and_restarted_leadership_recovers(lease_name: str) -> None
         elector = LeaseElector(etcd_store(etcd.url, lease_name, timing=timing),
                                identity="a", timing=timing)
         assert elector.is_leader()
+        first_term = elector.term
+        assert first_term is not None
         etcd.stop(etcd.members[0])
         # The leader keeps leading until its local deadline, then steps down; no error
         # other than NotLeader reaches the caller.
         wait_for(lambda: _not_leader(elector), TTL + 2, message="stepping down")
         etcd.restart(etcd.members[0])
         wait_for(lambda: _leads(elector), 15, message="leading again")
+        # Terms are revisions kept on disk: after a kill -9 and a restart, the next
+        # acquisition still gets a higher term.
+        elector.release()
+        etcd.kill(etcd.members[0])
+        etcd.restart(etcd.members[0])
+        other = etcd_store(etcd.url, lease_name)
+        won = other.acquire("owner-b", "b", TTL)
+        assert won.acquired and won.lease.term > first_term
+        other.close()
         elector.close()
 
 

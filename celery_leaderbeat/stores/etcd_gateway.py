@@ -9,8 +9,9 @@ store makes, and nothing else. Why not a library:
   timeout, no user/password login, and maps errors by HTTP status only,
   while we must tell "lease not found" from "unauthenticated" from "no
   leader" (the gRPC code in the error body). Measured on one loopback
-  member: a keepalive plus a transaction took 3.7 ms through etcd3gw
-  (requests) and 1.9 ms through urllib3, which it uses underneath.
+  member (``benchmarks/etcd_calls.py``): a keepalive plus a transaction
+  took 3.5 ms through etcd3gw (requests) and 2.1 ms through urllib3, which
+  requests uses underneath.
 - ``etcd3`` (gRPC) no longer imports with current protobuf; its forks need
   protobuf pinned, which clashes with other packages of an application;
   the async clients do not fit beat's synchronous tick.
