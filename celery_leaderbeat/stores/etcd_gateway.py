@@ -96,8 +96,8 @@ class EtcdGateway:
     """JSON calls to the members of one etcd cluster, failing over between them.
 
     ``endpoints`` are (host, port) pairs; ``tls`` a ready SSL context for
-    ``https`` (None for plain HTTP); ``timeout`` the seconds one call may take
-    in all, across the members it tries. Thread-safe.
+    ``https`` (None for plain HTTP); ``timeout`` the seconds one request may
+    take in all, across the members it tries. Thread-safe.
     """
 
     def __init__(self, endpoints: Sequence[tuple[str, int]], *, tls: ssl.SSLContext | None = None,
@@ -138,11 +138,10 @@ class EtcdGateway:
         failures = []
         for step in range(len(self._pools)):
             index = (first + step) % len(self._pools)
-            left = deadline - time.monotonic()
-            if left <= 0:
+            if deadline <= time.monotonic():
                 break
             try:
-                answer = self._call_member(index, path, body, left)
+                answer = self._call_member(index, path, body, deadline)
             except _MemberDown as exc:
                 failures.append(f"{_where(self.endpoints[index])}: {exc}")
                 continue
@@ -162,12 +161,12 @@ class EtcdGateway:
             self._current = index
 
     def _call_member(self, index: int, path: str, body: dict[str, Any],
-                     left: float) -> dict[str, Any]:
+                     deadline: float) -> dict[str, Any]:
         for attempt in range(2):
             headers = {"Content-Type": "application/json"}
             if self._username is not None:
-                headers["Authorization"] = self._token(index, left)
-            status, answer = self._post(index, path, body, headers, left)
+                headers["Authorization"] = self._token(index, deadline)
+            status, answer = self._post(index, path, body, headers, deadline)
             if status == 200 and ("header" in answer or "result" in answer):
                 return answer
             if "code" not in answer:  # some other server, or a proxy, answers on that port
@@ -185,12 +184,12 @@ class EtcdGateway:
             raise EtcdError(code, message)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _token(self, index: int, left: float) -> str:
+    def _token(self, index: int, deadline: float) -> str:
         token = self._tokens.get(index)
         if token is None:
             status, answer = self._post(
                 index, "auth/authenticate", {"name": self._username, "password": self._password},
-                {"Content-Type": "application/json"}, left)
+                {"Content-Type": "application/json"}, deadline)
             if status == 200 and "token" in answer:
                 token = self._tokens[index] = str(answer["token"])
             elif "code" not in answer or int(answer["code"]) in MEMBER_UNAVAILABLE:
@@ -201,7 +200,8 @@ class EtcdGateway:
         return token
 
     def _post(self, index: int, path: str, body: dict[str, Any], headers: dict[str, str],
-              left: float) -> tuple[int, dict[str, Any]]:
+              deadline: float) -> tuple[int, dict[str, Any]]:
+        left = max(0.001, deadline - time.monotonic())
         try:
             response = self._pools[index].urlopen(
                 "POST", "/v3/" + path, body=json.dumps(body).encode(), headers=headers,
