@@ -20,11 +20,15 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# The tests start private redis-server processes; install it if this machine lacks it.
+# The tests start private redis-server and etcd processes; install what this machine lacks.
 servers:
 	@command -v redis-server >/dev/null 2>&1 || { \
 	  echo "redis-server not found: installing it with apt-get"; \
 	  apt-get update -q && apt-get install -y -q redis-server; }
+	@command -v etcd >/dev/null 2>&1 || { \
+	  echo "etcd not found: installing etcd-server with apt-get"; \
+	  apt-get update -q && apt-get install -y -q etcd-server; }
+	@etcd --version | head -1
 
 # The demo's broker is Redis when one answers: kombu's Redis transport comes with celery[redis].
 demo: $(BIN)/python

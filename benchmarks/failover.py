@@ -5,7 +5,10 @@ redis-server (broker and lease store) with K ``celery beat`` replicas running
 a 1 s interval entry and an every-minute crontab entry. Each replica reaches
 the store through its own TcpProxy, so one replica's link can be cut while
 the others keep theirs; the broker is reached directly. A recorder notes every
-published message with its arrival time and headers.
+published message with its arrival time and headers. The ``etcd-*``
+scenarios keep the lease in a private 3-member etcd cluster instead (the
+broker stays Redis); each replica is given every member, starting with a
+different one.
 
 The fault is injected --lead seconds (default 10) before a minute boundary,
 so the crontab run falls due while the cluster is recovering, and the trial is
@@ -21,7 +24,8 @@ seconds after it:
   window without its crontab publish misses one. A stretch that ends with
   the takeover publish is the takeover window: its runs were caught up.
 - takeover: seconds from the fault to the first publish by another replica
-  (for faults of the store itself: from the store's return to the next publish).
+  (for faults of the store itself: from the store's return to the next publish,
+  and how long the store took to return, e.g. etcd electing a new Raft leader).
 - publishers/s: the most replicas that published within any one second.
 - exited: replicas whose process ended without being told to.
 
@@ -58,6 +62,7 @@ from celery_leaderbeat.testing import (
     EVERY_SECOND,
     LEADER_SCHEDULER,
     BeatCluster,
+    EtcdCluster,
     Publish,
     RedisServer,
     Replica,
@@ -102,15 +107,21 @@ class Trial:
         self.timing = timing
         with contextlib.ExitStack() as stack:  # undone unless every part started
             self.redis = stack.enter_context(RedisServer())
-            self.proxies = [stack.enter_context(TcpProxy(self.redis.port))
-                            for _ in range(replicas)]
+            self.etcd: EtcdCluster | None = None
+            self.proxies: list[TcpProxy] = []
+            if scenario.store == "etcd":
+                self.etcd = stack.enter_context(EtcdCluster(3))
+            else:
+                self.proxies = [stack.enter_context(TcpProxy(self.redis.port))
+                                for _ in range(replicas)]
             directory = None
             if logs:
                 short = scheduler.replace(":", ".").rsplit(".", 1)[-1]
                 os.makedirs(logs, exist_ok=True)
                 directory = tempfile.mkdtemp(prefix=f"{scenario.name}-{short}-", dir=logs)
             self.cluster = BeatCluster(
-                self.redis.url, replicas, scheduler=scheduler, elector=self.redis.url,
+                self.redis.url, replicas, scheduler=scheduler,
+                elector=self.etcd.url if self.etcd else self.redis.url,
                 timing=timing, directory=directory, replica_conf=self._store_route)
             stack.callback(self.cluster.close)
             self._stack = stack.pop_all()
@@ -119,6 +130,10 @@ class Trial:
         self.error: BaseException | None = None
 
     def _store_route(self, index: int) -> dict[str, str]:
+        if self.etcd is not None:  # every member, starting with a different one
+            members = [m.endpoint for m in self.etcd.members]
+            first = (index - 1) % len(members)
+            return {"leaderbeat_elector": "etcd://" + ",".join(members[first:] + members[:first])}
         return {"leaderbeat_elector": f"redis://127.0.0.1:{self.proxies[index - 1].port}/0"}
 
     @property
@@ -206,6 +221,17 @@ def cut_everyone(trial: Trial, leader: Replica) -> Fault:
     return Fault(at, store_back_at=back_at)
 
 
+def kill_etcd_leader(trial: Trial, leader: Replica) -> Fault:
+    """kill -9 of the etcd member that is Raft leader; the store is back once another leads."""
+    assert trial.etcd is not None
+    raft_leader = trial.etcd.leader()
+    assert raft_leader is not None
+    at = time.monotonic()
+    trial.etcd.kill(raft_leader)
+    trial.etcd.wait_for_leader(30)
+    return Fault(at, store_back_at=time.monotonic())
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -213,6 +239,8 @@ class Scenario:
     inject: Callable[[Trial, Replica], Fault]
     #: The takeover target for the given timing, if the issue sets one.
     bound: Callable[[LeaseTiming], float | None] = lambda timing: None
+    #: Where the lease lives: "redis" (the broker's redis-server) or "etcd" (3 members).
+    store: str = "redis"
 
 
 def crash_bound(timing: LeaseTiming) -> float:
@@ -240,6 +268,10 @@ SCENARIOS = {s.name: s for s in [
     Scenario("restart", "redis-server restarted, all data lost", restart_redis),
     Scenario("cut-all", "the store unreachable from every replica for TTL + 3 s",
              cut_everyone),
+    Scenario("etcd-kill", "kill -9 of the leader, lease in a 3-member etcd", kill_leader,
+             crash_bound, store="etcd"),
+    Scenario("etcd-member", "kill -9 of etcd's Raft leader member while dispatching",
+             kill_etcd_leader, crash_bound, store="etcd"),
 ]}
 
 
@@ -264,6 +296,8 @@ class Outcome:
     #: Minute boundaries in the window, at which the crontab entry was judged.
     minutes_judged: int = 0
     error: str | None = None
+    #: Faults of the store: seconds from the fault until the store was back.
+    store_back: float | None = None
 
     def misses(self) -> list[str]:
         """The targets this trial missed, in words; empty when it met all of them."""
@@ -399,6 +433,7 @@ def judge(trial: Trial) -> Outcome:
         by_faulted=by_faulted,
         minutes_judged=len(judged_minutes(window_wall)),
         error=repr(trial.error) if trial.error else None,
+        store_back=None if fault.store_back_at is None else fault.store_back_at - fault.at,
     )
 
 
@@ -446,6 +481,8 @@ def row(outcome: Outcome) -> list[str]:
     takeover = "-" if outcome.takeover is None else f"{outcome.takeover:.2f}"
     if outcome.bound is not None:
         takeover += f" (<= {outcome.bound:.1f})"
+    if outcome.store_back is not None and outcome.store_back >= 0.1:
+        takeover += f", store back after {outcome.store_back:.2f}"
     return [
         outcome.scenario,
         outcome.scheduler,

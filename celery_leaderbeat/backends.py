@@ -57,6 +57,7 @@ ENTRY_POINT_GROUP = "celery_leaderbeat.stores"
 
 _REDIS = ("celery_leaderbeat.stores.redis:RedisLeaseStore", "redis")
 _SQL = ("celery_leaderbeat.stores.sql:SqlLeaseStore", "sql")
+_ETCD = ("celery_leaderbeat.stores.etcd:EtcdLeaseStore", "etcd")
 
 #: URL scheme -> (the store class, the pip extra its dependencies come with).
 #: Every store here gives fenced dispatch and shared run history; ``static``
@@ -73,6 +74,8 @@ STORES: dict[str, tuple[str, str | None]] = {
     "mysql": _SQL,
     "mariadb": _SQL,
     "sqlite": _SQL,
+    "etcd": _ETCD,
+    "etcds": _ETCD,
     "django": ("celery_leaderbeat.django.store:DjangoLeaseStore", "django"),
 }
 

@@ -72,7 +72,7 @@ def open_store(app: Any, scheduler: Any = None) -> tuple[LeaderSettings, LeaseSt
         raise NoStore(
             f"the configured elector {elector!r} keeps no lease in a store, so it cannot "
             "tell who leads; status, step-down and health need a store elector "
-            "(redis://, file://, a SQL URL or django://)")
+            "(redis://, etcd://, file://, a SQL URL or django://)")
     return settings, elector.store
 
 

@@ -43,7 +43,7 @@ SETTINGS = {
         Setting(
             "leaderbeat_elector",
             None,
-            "a URL (redis://, rediss://, unix://, file:///path, static://leader, ...), "
+            "a URL (redis://, rediss://, unix://, etcd://, file:///path, static://leader, ...), "
             "a dotted path to an elector class or object, an elector instance, or a callable",
             "Where leadership is decided. Unset: the broker's Redis when the broker is "
             "Redis, otherwise a file lock in the temporary directory (one host only).",
@@ -86,6 +86,14 @@ SETTINGS = {
             None,
             "a dict of redis.Redis keyword arguments",
             "Options for the Redis client (timeouts, TLS certificates, ...).",
+        ),
+        Setting(
+            "leaderbeat_etcd_options",
+            None,
+            "a dict with any of timeout (seconds per request, below the lease TTL), "
+            "ca_cert, client_cert and client_key (paths to PEM files, etcds:// only)",
+            "etcd electors (etcd://, etcds://): the time one request may take across "
+            "members (default 1 s), and the TLS files.",
         ),
         Setting(
             "leaderbeat_catch_up",
@@ -177,6 +185,7 @@ class LeaderSettings:
     #: the store that reuses the broker's Redis (``leaderbeat_elector`` unset).
     broker_use_ssl: Any = None
     broker_transport_options: dict[str, Any] = field(default_factory=dict)
+    etcd_options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_app(cls, app: Any, identity: Callable[[], str] | None = None) -> LeaderSettings:
@@ -223,6 +232,9 @@ class LeaderSettings:
         if not isinstance(transport_options, Mapping):
             improperly_configured("broker_transport_options", f"got {transport_options!r}; "
                                   "expected a dict")
+        etcd_options = conf.get("leaderbeat_etcd_options") or {}
+        if not isinstance(etcd_options, Mapping):
+            improperly_configured("leaderbeat_etcd_options", f"got {etcd_options!r}")
 
         return cls(
             elector=conf.get("leaderbeat_elector"),
@@ -237,6 +249,7 @@ class LeaderSettings:
             metrics_address=_metrics_address(conf.get("leaderbeat_metrics_port")),
             sql_table=sql_table,
             sql_engine_options=dict(sql_engine_options),
+            etcd_options=dict(etcd_options),
         )
 
 

@@ -15,6 +15,7 @@ from celery.exceptions import ImproperlyConfigured
 
 from celery_leaderbeat.backends import STORES, build_store
 from celery_leaderbeat.lease import LeaseElector
+from celery_leaderbeat.stores.etcd import EtcdLeaseStore
 from celery_leaderbeat.stores.file import FileLeaseStore
 from celery_leaderbeat.stores.redis import RedisLeaseStore
 from celery_leaderbeat.stores.sql import SqlLeaseStore
@@ -103,6 +104,7 @@ def test_without_the_package_the_scheme_is_unknown(tmp_path: Path) -> None:
     ("redis+socket:///tmp/redis.sock", RedisLeaseStore),
     ("sqlite:///{tmp}/lease.db", SqlLeaseStore),
     ("file://{tmp}/beat.lock", FileLeaseStore),
+    ("etcd://127.0.0.1:2379,127.0.0.1:22379", EtcdLeaseStore),
 ])
 def test_every_builtin_store_is_built_from_url_and_settings(
         url: str, store_class: type, tmp_path: Path) -> None:

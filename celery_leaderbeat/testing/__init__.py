@@ -5,6 +5,9 @@ Nothing here is imported by the runtime; one module per helper:
 - :mod:`.redis_server`: :class:`RedisServer`, a private ``redis-server`` on a
   free loopback port that a test may stop, restart, pause or kill, with TLS
   or a password if asked (:mod:`.certificates` makes its CA).
+- :mod:`.etcd_server`: :class:`EtcdCluster`, a private etcd of one member or
+  several on free loopback ports, whose members a test may stop, kill -9,
+  pause and restart, and whose Raft leader it can find.
 - :mod:`.proxy`: :class:`TcpProxy`, a loopback relay a test can cut, so a
   server becomes unreachable for some clients only.
 - :mod:`.waiting`: :func:`wait_for`, wait on a condition with a deadline.
@@ -30,6 +33,7 @@ from .beat_cluster import (
     replica_app,
 )
 from .certificates import Certificates, make_certificates
+from .etcd_server import EtcdCluster, EtcdMember, etcd_executable
 from .names import NAMES, assert_each_name_keeps_its_own_history
 from .ports import free_port
 from .processes import death_signal_setter
@@ -56,6 +60,8 @@ __all__ = [
     "SCHEDULE_ENV",
     "BeatCluster",
     "Certificates",
+    "EtcdCluster",
+    "EtcdMember",
     "MessageRecorder",
     "Publish",
     "RedisServer",
@@ -65,6 +71,7 @@ __all__ = [
     "beat_schedule",
     "death_signal_setter",
     "duplicate_runs",
+    "etcd_executable",
     "first_publish_by_another",
     "free_port",
     "make_certificates",
