@@ -42,6 +42,7 @@ from typing import IO, Any, Callable
 from kombu.utils.url import maybe_sanitize_url
 
 from ..lease import LeaseElector, LeaseStore, LeaseTiming
+from .lifecycle import Started
 from .processes import death_signal_setter
 from .publishes import MessageRecorder
 from .waiting import wait_for
@@ -265,7 +266,7 @@ def _close_live_clusters() -> None:
         cluster.close()
 
 
-class BeatCluster:
+class BeatCluster(Started):
     """K beat replicas of one app against one broker, and a recorder on its queue.
 
     ``elector`` unset leaves the choice to the scheduler's defaults (the
@@ -374,15 +375,6 @@ class BeatCluster:
             shutil.rmtree(self.directory, ignore_errors=True)
         _live_clusters.discard(self)
 
-    def __enter__(self) -> BeatCluster:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- who is who --------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .certificates import make_certificates
+from .lifecycle import Started
 from .ports import free_port
 from .processes import death_signal_setter
 from .waiting import wait_for
@@ -83,7 +84,7 @@ class EtcdMember:
             return None
 
 
-class EtcdCluster:
+class EtcdCluster(Started):
     """``size`` etcd members forming one cluster on free loopback ports.
 
     ``url`` is the ``etcd://`` URL naming every member (``etcds://`` with
@@ -232,15 +233,6 @@ class EtcdCluster:
             self._end(member, signal.SIGKILL)
         shutil.rmtree(self._dir, ignore_errors=True)
 
-    def __enter__(self) -> EtcdCluster:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _make_certificates(directory: str) -> dict[str, str]:
