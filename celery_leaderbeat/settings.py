@@ -123,6 +123,14 @@ SETTINGS = {
             "SQL electors: options for the SQLAlchemy engine (pool, connect_args, ...), "
             "merged over short connect and lock timeouts.",
         ),
+        Setting(
+            "leaderbeat_push",
+            True,
+            "True or False",
+            "Standbys listen for releases the store pushes (Redis, PostgreSQL, django:// on "
+            "PostgreSQL, file://) and otherwise ask about once per lease TTL. False: they ask "
+            "every leaderbeat_retry_interval, as stores that cannot push always do.",
+        ),
     )
 }
 
@@ -172,6 +180,7 @@ class LeaderSettings:
     metrics_address: tuple[str, int] | None = None
     sql_table: str = "leaderbeat_lease"
     sql_engine_options: dict[str, Any] = field(default_factory=dict)
+    push: bool = True
 
     @classmethod
     def from_app(cls, app: Any, identity: Callable[[], str] | None = None) -> LeaderSettings:
@@ -209,6 +218,12 @@ class LeaderSettings:
         if not isinstance(sql_engine_options, Mapping):
             improperly_configured("leaderbeat_sql_engine_options", f"got {sql_engine_options!r}")
 
+        push = conf.get("leaderbeat_push")
+        if push is None:
+            push = SETTINGS["leaderbeat_push"].default
+        if not isinstance(push, bool):
+            improperly_configured("leaderbeat_push", f"got {push!r}")
+
         return cls(
             elector=conf.get("leaderbeat_elector"),
             lease_name=lease_name,
@@ -220,6 +235,7 @@ class LeaderSettings:
             metrics_address=_metrics_address(conf.get("leaderbeat_metrics_port")),
             sql_table=sql_table,
             sql_engine_options=dict(sql_engine_options),
+            push=push,
         )
 
 

@@ -168,13 +168,14 @@ def test_a_standby_tries_once_per_retry_interval_even_when_its_shadow_wakes_it(
 
     Its shadow wakes it between attempts (here a 0.35 s entry against a 0.5 s
     retry); a wake-up just before the next allowed attempt must not push that
-    attempt back by a whole retry interval.
+    attempt back by a whole retry interval. (Push off: the pace of a store
+    that cannot push; tests/test_push.py has the pace of one that can.)
     """
     holder = LeaseElector(redis_store(redis_server.url, lease_name),
                           identity="holder", timing=LeaseTiming(ttl=30, renew_interval=10))
     assert holder.is_leader()
     b = make_scheduler(make_app(beat_schedule={"fast": every(0.35)},
-                                leaderbeat_retry_interval=0.5), "b")
+                                leaderbeat_retry_interval=0.5, leaderbeat_push=False), "b")
     attempts: list[float] = []
     acquire = b.elector.store.acquire
 
