@@ -55,8 +55,11 @@ class LeaseTiming:
 
     Takeover after a crash takes at most ``ttl + retry_interval``; after a
     graceful release, at most ``retry_interval``; after a step-down request,
-    at most ``renew_interval + retry_interval``. A longer ``ttl`` tolerates
-    longer stalls of the leader (or the store) before leadership moves.
+    at most ``renew_interval + retry_interval``. On a store that pushes
+    releases (celery_leaderbeat.watch), standbys are told instead: a release
+    or step-down is taken over within milliseconds, a crash within the
+    remaining lease plus one round trip, and a lost push within one ``ttl``.
+    A longer ``ttl`` tolerates longer stalls of the leader (or the store) before leadership moves.
 
     The leader renews as often as a standby tries (as client-go's leader
     renews every retry period): each renewal is where it finds a step-down
