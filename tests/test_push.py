@@ -324,7 +324,8 @@ def test_a_listening_standby_asks_about_once_per_lease(
     assert holder.is_leader()
     leader.start()
     b = make_scheduler(make_app(beat_schedule={"fast": {"task": "x", "schedule": 0.35}},
-                                leaderbeat_retry_interval=0.5, leaderbeat_lease_ttl=2.0), "b")
+                                leaderbeat_retry_interval=0.5, leaderbeat_lease_ttl=2.0,
+                                leaderbeat_push=True), "b")
     attempts: list[float] = []
     shadows: list[float] = []
     acquire, shadow = b.elector.store.acquire, b._shadow_tick

@@ -175,7 +175,7 @@ def test_a_standby_tries_once_per_retry_interval_even_when_its_shadow_wakes_it(
                           identity="holder", timing=LeaseTiming(ttl=30, renew_interval=10))
     assert holder.is_leader()
     b = make_scheduler(make_app(beat_schedule={"fast": every(0.35)},
-                                leaderbeat_retry_interval=0.5, leaderbeat_push=False), "b")
+                                leaderbeat_retry_interval=0.5), "b")
     attempts: list[float] = []
     acquire = b.elector.store.acquire
 
