@@ -261,7 +261,7 @@ def test_a_leader_whose_lease_was_taken_publishes_nothing_and_steps_down(
     timing = LeaseTiming(ttl=10, renew_interval=5, retry_interval=0.2)
     clock = SteppableClock()
     a_store = redis_store(redis_server.url, lease_name)
-    a_elector = LeaseElector(a_store, identity="a", timing=timing, clock=clock)
+    a_elector = LeaseElector(a_store, identity="a", timing=timing, clock=clock, push=False)
     a = make_scheduler(make_app(beat_schedule={"fast": every(EVERY)},
                                 leaderbeat_elector=a_elector), "a")
     ticker([a], lambda: tap.count() >= 1, timeout=10)
