@@ -17,8 +17,13 @@ run inside the scripts tell them apart:
   so standby acquire attempts are ``hmget`` minus renewals and claims.
 
 Plain Celery beat uses no store at all: its row is zero by construction,
-shown for comparison. Targets: a standby at most one command per retry
-interval, a leader at most one per renew interval plus one per dispatch.
+shown for comparison. Each size runs twice: ``pull`` (``leaderbeat_push =
+False``: standbys ask every retry interval) and ``push`` (the default:
+standbys are told of releases and ask about once per lease; their
+subscription is one ``subscribe`` each, counted under non-script). Targets:
+a standby at most one command per retry interval when pulling, 0.3 per
+second when told; a leader at most one per renew interval plus one per
+dispatch.
 
     python benchmarks/coordination_load.py                      # 1, 3, 20 replicas, 20 s each
     python benchmarks/coordination_load.py --replicas 3 --window 120
@@ -44,17 +49,21 @@ from benchmarks.common import (
 from celery_leaderbeat.lease import LeaseTiming
 from celery_leaderbeat.testing import BeatCluster, wait_for
 
+#: A standby told of releases (leaderbeat_push, the default): at most this many per second.
+PUSH_STANDBY_CAP = 0.3
+
 #: Commands the scripts run inside Redis; any other command is a top-level call.
 INSIDE_SCRIPTS = {"hmget", "hget", "hset", "hdel", "hincrby", "pexpire", "time", "zadd",
-                  "zrem", "zrangebyscore", "get", "set", "del"}
+                  "zrem", "zrangebyscore", "get", "set", "del", "pttl", "publish"}
 
 
 def measure(replicas: int, broker_url: str, store: object, store_url: str, window: float,
-            warmup: float) -> dict[str, float]:
+            warmup: float, push: bool) -> dict[str, float]:
     """Start a cluster, wait for steady state, count the store's commands over ``window``."""
     client = store.client()  # type: ignore[attr-defined]
     cluster = BeatCluster(broker_url, replicas, scheduler=LEADER_SCHEDULER,
-                          elector=store_url, loglevel="warning")
+                          elector=store_url, loglevel="warning",
+                          conf={"leaderbeat_push": push})
     try:
         cluster.start()
         registry = cluster.lease_store()
@@ -105,16 +114,18 @@ def main() -> None:
     with private_redis() as broker, private_redis() as store:
         describe_run("Coordination load", store)
         rows = []
-        for size in [int(n) for n in options.replicas.split(",")]:
-            m = measure(size, broker.url, store, store.url, options.window, options.warmup)
+        for size, push in [(int(n), push) for n in options.replicas.split(",")
+                           for push in (False, True)]:
+            m = measure(size, broker.url, store, store.url, options.window, options.warmup,
+                        push)
             per_s = {k: v / m["elapsed"] for k, v in m.items() if k != "elapsed"}
             standbys = size - 1
             leader = per_s["renewals"] + per_s["claims"]
             standby = per_s["attempts"] / standbys if standbys else float("nan")
             leader_cap = 1 / timing.renew_interval + per_s["dispatched"]
-            standby_cap = 1 / timing.retry_interval
+            standby_cap = PUSH_STANDBY_CAP if push else 1 / timing.retry_interval
             rows.append([
-                size, f"{per_s['evalsha'] + per_s['other']:.2f}",
+                size, "push" if push else "pull", f"{per_s['evalsha'] + per_s['other']:.2f}",
                 f"{leader:.2f}", f"{leader_cap:.2f}",
                 "met" if leader <= leader_cap * 1.02 else "MISSED",
                 "-" if not standbys else f"{standby:.2f}", f"{standby_cap:.2f}",
@@ -128,7 +139,7 @@ def main() -> None:
               "ride inside them and add none. Plain Celery beat: 0 store commands "
               "(it has no store).\n")
         print_table(
-            ["replicas", "all replicas", "leader", "leader cap", "leader target",
+            ["replicas", "mode", "all replicas", "leader", "leader cap", "leader target",
              "each standby", "standby cap", "standby target", "records / replica",
              "dispatches", "non-script"],
             rows,

@@ -8,7 +8,8 @@ time (user + system, from ``/proc``) each process uses over a fixed window
 is extrapolated to an hour.
 
 Processes: two LeaderScheduler replicas (one leads, one stands by and
-shadows the schedule, the default), two more with ``shadow_standby`` off
+shadows the schedule, the default; the standby is told of releases), two
+with ``leaderbeat_push`` off (the standby asks every 0.5 s), two more with ``shadow_standby`` off
 (to show what shadowing costs), two whose leader renews and standby
 retries every 1.5 s instead of 0.5 s (what the pace costs), and one plain
 ``PersistentScheduler``.
@@ -77,6 +78,8 @@ def main() -> None:
         schedule = hourly_entries(options.entries)
         clusters = {
             "leader": BeatCluster(redis.url, 2, scheduler=LEADER_SCHEDULER, schedule=schedule),
+            "pull": BeatCluster(redis.url, 2, scheduler=LEADER_SCHEDULER, schedule=schedule,
+                                conf={"leaderbeat_push": False}),
             "no-shadow": BeatCluster(redis.url, 2, scheduler=NO_SHADOW_SCHEDULER,
                                      schedule=schedule, pythonpath=[REPO_ROOT]),
             "slow-pace": BeatCluster(redis.url, 2, scheduler=LEADER_SCHEDULER,
@@ -87,6 +90,7 @@ def main() -> None:
             for cluster in clusters.values():
                 cluster.start()
             leader, standby = leader_and_standby(clusters["leader"], 60)
+            pull_leader, pull_standby = leader_and_standby(clusters["pull"], 60)
             _, quiet_standby = leader_and_standby(clusters["no-shadow"], 60)
             slow_leader, slow_standby = leader_and_standby(clusters["slow-pace"], 60)
             plain = clusters["plain"].replicas[0]
@@ -94,6 +98,8 @@ def main() -> None:
                 ("plain beat", "PersistentScheduler", plain),
                 ("leader", "LeaderScheduler", leader),
                 ("standby (shadowing, default)", "LeaderScheduler", standby),
+                ("leader (push off)", "LeaderScheduler", pull_leader),
+                ("standby (push off: retry every 0.5 s)", "LeaderScheduler", pull_standby),
                 ("standby (shadow_standby off)", "NoShadowLeaderScheduler", quiet_standby),
                 ("leader (renew every 1.5 s)", "LeaderScheduler", slow_leader),
                 ("standby (retry every 1.5 s)", "LeaderScheduler", slow_standby),
@@ -129,6 +135,10 @@ def main() -> None:
           f"({leader_hour:.1f} vs {plain_hour:.1f} CPU s / hour)")
     print(f"- standby below leader: {'met' if standby_hour < leader_hour else 'MISSED'} "
           f"({standby_hour:.1f} vs {leader_hour:.1f} CPU s / hour)")
+    pull_hour = per_hour["standby (push off: retry every 0.5 s)"]
+    print(f"- standby told of releases at most 1/4 of one that pulls: "
+          f"{'met' if standby_hour <= pull_hour / 4 else 'MISSED'} "
+          f"({standby_hour:.1f} vs {pull_hour:.1f} CPU s / hour)")
 
 
 if __name__ == "__main__":

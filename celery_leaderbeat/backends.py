@@ -172,7 +172,8 @@ def _from_url(scheme: str, url: str, settings: LeaderSettings) -> Elector:
 
 
 def _lease(store: LeaseStore, settings: LeaderSettings) -> LeaseElector:
-    return LeaseElector(store, identity=settings.identity, timing=settings.timing)
+    return LeaseElector(store, identity=settings.identity, timing=settings.timing,
+                        push=settings.push)
 
 
 def _import(path: str) -> Any:

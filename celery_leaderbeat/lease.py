@@ -28,6 +28,7 @@ from typing import Callable, Protocol
 
 from .elector import NotLeader
 from .registry import LEADER, STANDBY, Heartbeat, ReplicaRecord
+from .watch import PushingStore, ReleaseWatch, next_attempt
 
 __all__ = [
     "Acquisition",
@@ -56,8 +57,11 @@ class LeaseTiming:
 
     Takeover after a crash takes at most ``ttl + retry_interval``; after a
     graceful release, at most ``retry_interval``; after a step-down request,
-    at most ``renew_interval + retry_interval``. A longer ``ttl`` tolerates
-    longer stalls of the leader (or the store) before leadership moves.
+    at most ``renew_interval + retry_interval``. On a store that pushes
+    releases (celery_leaderbeat.watch), standbys are told instead: a release
+    or step-down is taken over within milliseconds, a crash within the
+    remaining lease plus one round trip, and a lost push within one ``ttl``.
+    A longer ``ttl`` tolerates longer stalls of the leader (or the store) before leadership moves.
 
     The leader renews as often as a standby tries (as client-go's leader
     renews every retry period): each renewal is where it finds a step-down
@@ -275,6 +279,7 @@ class LeaseElector:
         timing: LeaseTiming | None = None,
         clock: Clock = time.monotonic,
         heartbeat: Heartbeat | None = None,
+        push: bool = True,
     ) -> None:
         self.store = store
         self.identity = identity
@@ -291,6 +296,10 @@ class LeaseElector:
         self._refusal: NotLeader = NotLeader("no acquire attempt yet")
         self._renew_error: StoreUnavailable | None = None
         self._misconfigured: StoreMisconfigured | None = None
+        #: Standbys wait on the store's release watch (celery_leaderbeat.watch), if any.
+        self.push = push
+        self._watch: ReleaseWatch | None = None
+        self._listening = False  # the watch answered its last wait
 
     # -- what the scheduler asks -------------------------------------------------
 
@@ -338,6 +347,40 @@ class LeaseElector:
     def seconds_until_next_attempt(self) -> float:
         """How long a standby may sleep before its next acquire attempt is allowed."""
         return max(0.0, self._next_attempt - self._clock())
+
+    def wait_for_release(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds on the store's release watch, as a standby.
+
+        True when the watch says the lease may have been let go: the next
+        acquire attempt is then due at once. False at once when this replica
+        leads, holds off after letting go, has push off, or its store cannot
+        push; and when the watch cannot listen (the standby then tries every
+        ``retry_interval`` until it can). See :mod:`celery_leaderbeat.watch`.
+        """
+        if self._term is not None or timeout <= 0 or self._clock() < self._hold_until:
+            return False
+        watch = self._open_watch()
+        if watch is None:
+            return False
+        try:
+            released = watch.wait(timeout)
+        except StoreUnavailable:
+            # Not listening: ask at the retry pace until the watch can listen again.
+            self._listening = False
+            self._next_attempt = min(self._next_attempt,
+                                     self._clock() + self.timing.retry_interval)
+            return False
+        self._listening = True
+        if released:
+            self._next_attempt = self._clock()
+        return released
+
+    def _open_watch(self) -> ReleaseWatch | None:
+        if self._watch is None and self.push and isinstance(self.store, PushingStore):
+            self._watch = self.store.release_watch()
+            if self._watch is None:
+                self.push = False  # this store cannot push: never ask again
+        return self._watch
 
     def claim(self, runs: Mapping[str, str]) -> None:
         """Record runs in the store, fenced by our term; raise FencedOut if refused.
@@ -413,6 +456,8 @@ class LeaseElector:
             self.store.release(self.owner, term)
 
     def close(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
         self.store.close()
 
     def describe(self) -> str:
@@ -473,6 +518,9 @@ class LeaseElector:
                 self._renew_at = sent_at
         elif outcome.lease.holder is not None:
             self._refusal = LeaseHeld(outcome.lease.holder, outcome.lease.term)
+            if self._listening:  # told of a release: try when this lease expires
+                self._next_attempt = next_attempt(self._clock(), outcome.lease.expires_in,
+                                                  self.timing)
         else:
             self._refusal = NotLeader(
                 "lease free, but holding off one TTL after letting go, so that a standby "

@@ -161,13 +161,17 @@ class Heartbeat:
         identity: str,
         call_interval: float,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        longest_gap: float = 0.0,
     ) -> None:
         self.identity = identity
         self.interval = max(MIN_HEARTBEAT_INTERVAL, call_interval)
         # A record is written at the first store call after it is due, and calls
-        # come at most ``call_interval`` apart: MISSED_HEARTBEATS intervals after
-        # the last write, the replica has surely missed more than one.
-        self.ttl = MISSED_HEARTBEATS * self.interval
+        # come at most ``call_interval`` apart (``longest_gap`` when longer: a
+        # standby told of releases asks about once per lease, celery_leaderbeat.watch):
+        # MISSED_HEARTBEATS such gaps after the last write, the replica has surely
+        # missed more than one.
+        self.ttl = MISSED_HEARTBEATS * max(self.interval, longest_gap)
         self._clock = clock
         self._next_at = 0.0
         self._last_role: str | None = None

@@ -101,8 +101,10 @@ class LeaderSchedulerMixin:
         self._registry = registry_of(self.elector)
         if self._registry is not None and isinstance(self.elector, LeaseElector):
             timing = self.leader_settings.timing
+            # A listening standby asks about once per lease (celery_leaderbeat.watch).
             self.elector.heartbeat = Heartbeat(
-                self.leader_settings.identity, max(timing.renew_interval, timing.retry_interval))
+                self.leader_settings.identity, max(timing.renew_interval, timing.retry_interval),
+                longest_gap=timing.ttl if self.leader_settings.push else 0.0)
         self.metrics: BeatMetrics | None = None
         if not kwargs.get("lazy"):  # beat builds a lazy one just for its banner
             self._probe_store()
@@ -158,7 +160,8 @@ class LeaderSchedulerMixin:
         retry = self.leader_settings.timing.retry_interval
         leading = self._ask_timed()
         if not leading:
-            return min(self._time_until_next_attempt(), self._shadow_tick(*args, **kwargs))
+            return self._stand_by(
+                min(self._time_until_next_attempt(), self._shadow_tick(*args, **kwargs)))
         wait = self._base_next - time.monotonic()
         if wait > 0:
             # Woken to renew the lease, before the base scheduler asked to be
@@ -207,6 +210,24 @@ class LeaderSchedulerMixin:
             return self.leader_settings.timing.retry_interval
         finally:
             self._shadowing = False
+
+    def _stand_by(self, planned: float) -> float:
+        """Spend the standby's sleep of ``planned`` seconds waiting for a pushed release.
+
+        Beat sleeps whatever tick returns, so the wait happens here, inside
+        the tick: a release pushed by the store (see celery_leaderbeat.watch)
+        ends it early and the next tick, at once, tries to acquire. What is
+        left of ``planned`` when the watch returns early for another reason
+        is returned for beat to sleep, so the shadow keeps its timing. A
+        SIGTERM meanwhile finds the tick busy: close defers, and the
+        handler's SystemExit ends the wait (see close).
+        """
+        if planned <= 0 or not isinstance(self.elector, LeaseElector):
+            return planned
+        until = time.monotonic() + planned
+        if self.elector.wait_for_release(planned):
+            return 0.0
+        return max(0.0, until - time.monotonic())
 
     def _ask_timed(self) -> bool:
         """Ask the elector; tell the metrics how long it took when a renewal was due."""

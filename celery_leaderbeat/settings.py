@@ -132,6 +132,14 @@ SETTINGS = {
             "SQL electors: options for the SQLAlchemy engine (pool, connect_args, ...), "
             "merged over short connect and lock timeouts.",
         ),
+        Setting(
+            "leaderbeat_push",
+            True,
+            "True or False",
+            "Standbys listen for releases the store pushes (Redis, PostgreSQL, django:// on "
+            "PostgreSQL, file://) and otherwise ask about once per lease TTL. False: they ask "
+            "every leaderbeat_retry_interval, as stores that cannot push always do.",
+        ),
     )
 }
 
@@ -186,6 +194,7 @@ class LeaderSettings:
     broker_use_ssl: Any = None
     broker_transport_options: dict[str, Any] = field(default_factory=dict)
     etcd_options: dict[str, Any] = field(default_factory=dict)
+    push: bool = True
 
     @classmethod
     def from_app(cls, app: Any, identity: Callable[[], str] | None = None) -> LeaderSettings:
@@ -235,6 +244,11 @@ class LeaderSettings:
         etcd_options = conf.get("leaderbeat_etcd_options") or {}
         if not isinstance(etcd_options, Mapping):
             improperly_configured("leaderbeat_etcd_options", f"got {etcd_options!r}")
+        push = conf.get("leaderbeat_push")
+        if push is None:
+            push = SETTINGS["leaderbeat_push"].default
+        if not isinstance(push, bool):
+            improperly_configured("leaderbeat_push", f"got {push!r}")
 
         return cls(
             elector=conf.get("leaderbeat_elector"),
@@ -250,6 +264,7 @@ class LeaderSettings:
             sql_table=sql_table,
             sql_engine_options=dict(sql_engine_options),
             etcd_options=dict(etcd_options),
+            push=push,
         )
 
 

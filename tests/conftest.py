@@ -69,6 +69,9 @@ def make_app(redis_server: RedisServer, lease_name: str) -> Iterator[Callable[..
             "leaderbeat_elector": redis_server.url,
             "leaderbeat_lease_name": lease_name,
             "beat_schedule": {},
+            # One thread ticks several schedulers in turn here: a standby's tick
+            # must return its sleep, not wait on a release watch (test_push.py).
+            "leaderbeat_push": False,
             **conf,
         })
         apps.append(app)

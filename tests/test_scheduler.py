@@ -168,7 +168,8 @@ def test_a_standby_tries_once_per_retry_interval_even_when_its_shadow_wakes_it(
 
     Its shadow wakes it between attempts (here a 0.35 s entry against a 0.5 s
     retry); a wake-up just before the next allowed attempt must not push that
-    attempt back by a whole retry interval.
+    attempt back by a whole retry interval. (Push off: the pace of a store
+    that cannot push; tests/test_push.py has the pace of one that can.)
     """
     holder = LeaseElector(redis_store(redis_server.url, lease_name),
                           identity="holder", timing=LeaseTiming(ttl=30, renew_interval=10))
@@ -260,7 +261,7 @@ def test_a_leader_whose_lease_was_taken_publishes_nothing_and_steps_down(
     timing = LeaseTiming(ttl=10, renew_interval=5, retry_interval=0.2)
     clock = SteppableClock()
     a_store = redis_store(redis_server.url, lease_name)
-    a_elector = LeaseElector(a_store, identity="a", timing=timing, clock=clock)
+    a_elector = LeaseElector(a_store, identity="a", timing=timing, clock=clock, push=False)
     a = make_scheduler(make_app(beat_schedule={"fast": every(EVERY)},
                                 leaderbeat_elector=a_elector), "a")
     ticker([a], lambda: tap.count() >= 1, timeout=10)

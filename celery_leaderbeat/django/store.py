@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import urlsplit
 
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
@@ -28,6 +28,9 @@ from ..stores.lease_tables import (
     refuses_replica,
     refuses_value,
 )
+
+if TYPE_CHECKING:
+    from ..watch import ReleaseWatch
 
 __all__ = ["DjangoLeaseStore"]
 
@@ -129,6 +132,25 @@ class DjangoLeaseStore(LeaseTables):
             self._told_missing = True
             logger.error("leaderbeat: %s", problem)
         return problem
+
+    def release_watch(self) -> ReleaseWatch | None:
+        """On PostgreSQL with psycopg 3, a ``LISTEN`` on a raw connection of its own,
+        built from the alias's DATABASES settings; elsewhere None (no push)."""
+        connection = connections[self.alias]
+        if self.dialect != "postgresql" or connection.Database.__name__ != "psycopg":
+            return None
+        from ..stores.postgres_watch import PostgresReleaseWatch
+
+        return PostgresReleaseWatch(self._listener, self.release_channel)
+
+    def _listener(self) -> tuple[Any, Callable[[], None]]:
+        """A psycopg connection Django does not manage (nor close behind our back)."""
+        wrapper = connections[self.alias]
+        try:
+            raw = wrapper.get_new_connection(wrapper.get_connection_params())
+        except Exception as error:  # Django's errors, and the driver's own (psycopg's)
+            raise StoreUnavailable(f"{type(error).__name__}: {error}".strip()) from error
+        return raw, raw.close
 
     def close(self) -> None:
         connection = connections[self.alias]

@@ -23,6 +23,7 @@ import fcntl
 import json
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
@@ -66,6 +67,7 @@ class FileLeaseStore:
         self._fd: int | None = None
         self._owner: str | None = None
         self._term: int | None = None
+        self._watch: FileLockWatch | None = None
 
     # -- state file --------------------------------------------------------------
 
@@ -107,13 +109,14 @@ class FileLeaseStore:
 
     def _lock(self, owner: str, identity: str) -> Acquisition:
         """Try the flock; on success start a new term in the state file."""
+        granted = self._watch.take_grant() if self._watch is not None else None
         try:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = granted if granted is not None else _open_lock_file(self.path)
         except OSError as exc:
             raise _os_error(f"cannot open {self.path}", exc) from exc
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if granted is None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             lease = self._read_state().get("lease") or {}
@@ -308,7 +311,15 @@ class FileLeaseStore:
         _replace(self.step_down_path, lease.term)
         return StepDownRequest(lease.holder, lease.term)
 
+    def release_watch(self) -> FileLockWatch:
+        """A waiter blocked on the lock itself: the kernel wakes it on release or death."""
+        if self._watch is None:
+            self._watch = FileLockWatch(self.path)
+        return self._watch
+
     def close(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
         self._unlock()
 
     def __repr__(self) -> str:
@@ -326,6 +337,90 @@ def _os_error(what: str, error: Exception) -> StoreUnavailable:
     if isinstance(error, OSError) and error.errno in PERMANENT_ERRNOS:
         return StoreMisconfigured(f"{what}: {error}")
     return StoreUnavailable(f"{what}: {error}")
+
+
+def _open_lock_file(path: str) -> int:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+
+
+class FileLockWatch:
+    """A standby's wait on the lock itself (see :class:`~celery_leaderbeat.watch.ReleaseWatch`).
+
+    A thread blocks in ``flock(LOCK_EX)`` on a descriptor of its own. The
+    kernel grants it the moment the leader's process lets go, whether it
+    released or died, so a crash needs no TTL either. The thread hands the
+    granted lock to the store's next acquire (no other replica can slip in
+    between, and no retry is needed), but only while a wait is in progress:
+    a lock granted at any other time (this replica holding off after letting
+    go, or closing) is let go at once. A thread blocked in ``flock`` cannot
+    be interrupted; on close it is left to end, letting go, at the next release.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._mutex = threading.Lock()
+        self._granted = threading.Event()
+        self._fd: int | None = None
+        self._error: OSError | None = None
+        self._thread: threading.Thread | None = None
+        self._waiting = False
+        self._closed = False
+
+    def wait(self, timeout: float) -> bool:
+        with self._mutex:
+            if self._closed:
+                return False
+            if self._error is not None:
+                error, self._error = self._error, None
+                raise StoreUnavailable(f"cannot wait on {self.path}: {error}")
+            if self._fd is None and (self._thread is None or not self._thread.is_alive()):
+                self._granted.clear()
+                self._thread = threading.Thread(target=self._block, daemon=True,
+                                                 name="leaderbeat-file-lock-watch")
+                self._thread.start()
+            self._waiting = True
+        try:
+            return self._granted.wait(timeout)
+        finally:
+            with self._mutex:
+                self._waiting = False
+
+    def _block(self) -> None:
+        try:
+            fd = _open_lock_file(self.path)
+        except OSError as exc:
+            with self._mutex:
+                self._error = exc
+            self._granted.set()
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            os.close(fd)
+            with self._mutex:
+                self._error = exc
+            self._granted.set()
+            return
+        with self._mutex:
+            if self._closed or not self._waiting:
+                os.close(fd)  # nobody to hand it to: let go at once
+                return
+            self._fd = fd
+        self._granted.set()
+
+    def take_grant(self) -> int | None:
+        """The descriptor holding the lock, if the thread was granted it; now the caller's."""
+        with self._mutex:
+            fd, self._fd = self._fd, None
+            return fd
+
+    def close(self) -> None:
+        with self._mutex:
+            self._closed = True
+            fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
 
 def _replace(path: str, data: Any) -> None:

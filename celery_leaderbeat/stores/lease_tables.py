@@ -123,11 +123,12 @@ UPDATE {{lease}} SET
 WHERE lease_key = :lease AND (owner = :owner OR owner IS NULL OR expires_at <= {{now}})
 """
 
-HOLDER = "SELECT owner, holder, term FROM {lease} WHERE lease_key = :lease"
+HOLDER = "SELECT owner, holder, term, expires_at - {now} FROM {lease} WHERE lease_key = :lease"
 
 # Who holds the lease now, taking nothing: NULL when it is free or expired.
 LIVE_HOLDER = """
-SELECT CASE WHEN owner IS NOT NULL AND expires_at > {now} THEN holder END, term
+SELECT CASE WHEN owner IS NOT NULL AND expires_at > {now} THEN holder END, term,
+  expires_at - {now}
 FROM {lease} WHERE lease_key = :lease
 """
 
@@ -147,6 +148,10 @@ RELEASE = """
 UPDATE {lease} SET owner = NULL, holder = NULL, expires_at = NULL
 WHERE lease_key = :lease AND owner = :owner AND term = :term
 """
+
+# PostgreSQL: tell listening standbys the lease was let go (celery_leaderbeat.watch).
+# Inside a transaction, delivered at its commit, and only if it commits.
+NOTIFY_RELEASE = "SELECT pg_notify(:channel, :name)"
 
 # A write that changes nothing, to lock our row for the rest of the transaction.
 FENCE = "UPDATE {lease} SET term = term WHERE " + OURS
@@ -344,8 +349,9 @@ class LeaseTables:
                 outcome = self._take(session, owner, identity, ttl)
             else:
                 rows = self._query(session, LIVE_HOLDER, lease=self.key)
-                holder, term = rows[0] if rows else (None, 0)
-                outcome = Acquisition(False, LeaseRecord(holder=holder, term=int(term)))
+                holder, term, expires_in = rows[0] if rows else (None, 0, None)
+                outcome = Acquisition(False, LeaseRecord(holder=holder, term=int(term),
+                                                         expires_in=_seconds(expires_in)))
             self._beat(session, beat, outcome.lease.term if outcome.acquired else None)
         return outcome
 
@@ -359,10 +365,11 @@ class LeaseTables:
                           lease_name=self.name)
             taken = self._execute(session, ACQUIRE, **params)
             rows = self._query(session, HOLDER, lease=self.key)
-        holder_owner, holder, term = rows[0]
+        holder_owner, holder, term, expires_in = rows[0]
         # The row read after the UPDATE names its owner; only ours counts as taken.
         acquired = bool(taken) and holder_owner == owner
-        return Acquisition(acquired, LeaseRecord(holder=holder, term=int(term)))
+        return Acquisition(acquired, LeaseRecord(holder=holder, term=int(term),
+                                                 expires_in=_seconds(expires_in)))
 
     def renew(self, owner: str, term: int, ttl: float, *,
               beat: ReplicaRecord | None = None) -> Renewal:
@@ -372,14 +379,29 @@ class LeaseTables:
                 outcome = Renewal.RENEWED
             elif self._execute(session, ANSWER_STEP_DOWN, **params) == 1:
                 outcome = Renewal.STEPPED_DOWN
+                self._announce_release(session)
             else:
                 outcome = Renewal.LOST
             self._beat(session, beat, term if outcome is Renewal.RENEWED else None)
         return outcome
 
     def release(self, owner: str, term: int) -> bool:
-        with self._session(atomic=False) as session:
-            return self._execute(session, RELEASE, lease=self.key, owner=owner, term=term) == 1
+        with self._session(atomic=self.dialect == "postgresql") as session:
+            released = self._execute(session, RELEASE, lease=self.key, owner=owner,
+                                     term=term) == 1
+            if released:
+                self._announce_release(session)
+            return released
+
+    @property
+    def release_channel(self) -> str:
+        """The PostgreSQL channel of this lease's releases (at most 63 bytes, as LISTEN needs)."""
+        digest = hashlib.sha256(f"{self.lease_table}\0{self.name}".encode()).hexdigest()
+        return f"leaderbeat_{digest[:40]}"
+
+    def _announce_release(self, session: SqlSession) -> None:
+        if self.dialect == "postgresql":
+            self._query(session, NOTIFY_RELEASE, channel=self.release_channel, name=self.name)
 
     def read(self) -> LeaseRecord | None:
         with self._session(atomic=False) as session:
@@ -468,6 +490,10 @@ class LeaseTables:
                 return None
             holder, term = self._query(session, ASKED, lease=self.key)[0]
         return StepDownRequest(holder, int(term))
+
+
+def _seconds(value: Any) -> float | None:
+    return None if value is None else max(0.0, float(value))
 
 
 def _stamp(value: Any) -> datetime | None:

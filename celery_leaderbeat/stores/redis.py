@@ -37,6 +37,7 @@ from redis.retry import Retry
 from ..lease import Acquisition, LeaseRecord, Renewal, StoreMisconfigured, StoreUnavailable
 from ..registry import STEP_DOWN_TTL, ReplicaRecord, StepDownRequest, sort_replicas
 from .redis_options import client_options, setting_of
+from .redis_watch import RedisReleaseWatch
 
 if TYPE_CHECKING:
     from ..settings import LeaderSettings
@@ -75,17 +76,18 @@ end
 
 # KEYS: lease, meta, replicas, expiry. ARGV: owner, identity, ttl_ms, take (1|0),
 # heartbeat record ('' for none), its ttl_ms.
-# Returns {acquired (1|0), term, identity of the holder ('' for nobody)}.
+# Returns {acquired (1|0), term, identity of the holder ('' for nobody),
+# the lease's remaining ms (PTTL: negative for nobody)}.
 ACQUIRE = BEAT + """
 local held = redis.call('HMGET', KEYS[1], 'owner', 'term', 'identity')
 if held[1] == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
   beat(KEYS[3], KEYS[4], ARGV[2], 'leader', held[2], ARGV[5], ARGV[6])
-  return {1, held[2], held[3]}
+  return {1, held[2], held[3], tonumber(ARGV[3])}
 end
 if held[1] or ARGV[4] ~= '1' then
   beat(KEYS[3], KEYS[4], ARGV[2], 'standby', '-', ARGV[5], ARGV[6])
-  return {0, held[2] or '0', held[3] or ''}
+  return {0, held[2] or '0', held[3] or '', redis.call('PTTL', KEYS[1])}
 end
 local term = redis.call('HINCRBY', KEYS[2], 'term', 1)
 if term == 1 then
@@ -104,7 +106,7 @@ redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'identity', ARGV[2], 'term', term,
            'acquired_at', now, 'renewed_at', now)
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 beat(KEYS[3], KEYS[4], ARGV[2], 'leader', tostring(term), ARGV[5], ARGV[6])
-return {1, tostring(term), ARGV[2]}
+return {1, tostring(term), ARGV[2], tonumber(ARGV[3])}
 """
 
 # The guard every fenced script starts with. KEYS[1]: lease. ARGV[1]: owner, ARGV[2]: term.
@@ -114,12 +116,14 @@ if held[1] ~= ARGV[1] or held[2] ~= ARGV[2] then return 0 end
 """
 
 # KEYS: lease, step_down, replicas, expiry. ARGV: owner, term, ttl_ms, identity,
-# heartbeat record ('' for none), its ttl_ms. Returns 1 if renewed, 0 if not
-# ours, 2 if a step-down was requested for this term: then the lease is
-# released and the request cleared, so it is seen once.
+# heartbeat record ('' for none), its ttl_ms, release channel. Returns 1 if
+# renewed, 0 if not ours, 2 if a step-down was requested for this term: then
+# the lease is released (and the release published) and the request cleared,
+# so it is seen once.
 RENEW = BEAT + OWNS + """
 if redis.call('GET', KEYS[2]) == ARGV[2] then
   redis.call('DEL', KEYS[1], KEYS[2])
+  redis.call('PUBLISH', ARGV[7], ARGV[2])
   beat(KEYS[3], KEYS[4], ARGV[4], 'standby', '-', ARGV[5], ARGV[6])
   return 2
 end
@@ -130,9 +134,11 @@ beat(KEYS[3], KEYS[4], ARGV[4], 'leader', ARGV[2], ARGV[5], ARGV[6])
 return 1
 """
 
-# KEYS: lease. ARGV: owner, term. Returns 1 if released, 0 if not ours.
+# KEYS: lease. ARGV: owner, term, release channel. Returns 1 if released (and
+# published: standbys listening take over at once), 0 if not ours.
 RELEASE = OWNS + """
 redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[3], ARGV[2])
 return 1
 """
 
@@ -204,6 +210,9 @@ class RedisLeaseStore:
         self.lease_key = f"{prefix}:lease"
         self.meta_key = f"{prefix}:meta"
         self.history_key = f"{prefix}:history"
+        #: Where releases are published (celery_leaderbeat.watch). A channel, not a
+        #: key, named in the lease's hash tag like everything else of the lease.
+        self.release_channel = f"{prefix}:released"
         self._acquire = client.register_script(ACQUIRE)
         self._renew = client.register_script(RENEW)
         self._release = client.register_script(RELEASE)
@@ -238,11 +247,12 @@ class RedisLeaseStore:
 
     def acquire(self, owner: str, identity: str, ttl: float, *,
                 beat: ReplicaRecord | None = None, take: bool = True) -> Acquisition:
-        acquired, term, holder = self._call(
+        acquired, term, holder, pttl = self._call(
             self._acquire, [self.lease_key, self.meta_key, self.replicas_key, self.expiry_key],
             [owner, identity, _ms(ttl), int(take), *_beat_args(beat)],
         )
-        record = LeaseRecord(holder=_text(holder) or None, term=int(term))
+        record = LeaseRecord(holder=_text(holder) or None, term=int(term),
+                             expires_in=pttl / 1000.0 if pttl >= 0 else None)
         return Acquisition(acquired=bool(acquired), lease=record)
 
     def renew(self, owner: str, term: int, ttl: float, *,
@@ -250,11 +260,17 @@ class RedisLeaseStore:
         keys = [self.lease_key, self.step_down_key, self.replicas_key, self.expiry_key]
         identity = "" if beat is None else beat.identity
         outcome = self._call(self._renew, keys,
-                             [owner, term, _ms(ttl), identity, *_beat_args(beat)])
+                             [owner, term, _ms(ttl), identity, *_beat_args(beat),
+                              self.release_channel])
         return RENEWALS[int(outcome)]
 
     def release(self, owner: str, term: int) -> bool:
-        return bool(self._call(self._release, [self.lease_key], [owner, term]))
+        return bool(self._call(self._release, [self.lease_key],
+                               [owner, term, self.release_channel]))
+
+    def release_watch(self) -> RedisReleaseWatch:
+        """A subscription to this lease's releases, on a connection of its own."""
+        return RedisReleaseWatch(self.client, self.release_channel)
 
     def claim(self, owner: str, term: int, runs: Mapping[str, str]) -> bool:
         args: list[Any] = [owner, term]

@@ -38,7 +38,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import sqlalchemy as sa
 from kombu.utils.url import maybe_sanitize_url
@@ -55,6 +55,9 @@ from .lease_tables import (
     refuses_replica,
     refuses_value,
 )
+
+if TYPE_CHECKING:
+    from ..watch import ReleaseWatch
 
 __all__ = ["SqlLeaseStore", "engine_url", "lease_metadata"]
 
@@ -349,6 +352,22 @@ class SqlLeaseStore(LeaseTables):
                     columns = sa.inspect(self.engine).get_columns(table.name)
                     if column.name not in {c["name"] for c in columns}:
                         raise
+
+    def release_watch(self) -> ReleaseWatch | None:
+        """On PostgreSQL, a ``LISTEN`` on a connection of its own; elsewhere None (no push)."""
+        if self.dialect != "postgresql" or self.engine.dialect.driver != "psycopg":
+            return None
+        from .postgres_watch import PostgresReleaseWatch
+
+        return PostgresReleaseWatch(self._listener, self.release_channel)
+
+    def _listener(self) -> tuple[Any, Callable[[], None]]:
+        """A connection taken out of the pool for good: closing it discards it."""
+        try:
+            pooled = self.engine.raw_connection()
+        except exc.SQLAlchemyError as error:
+            raise StoreUnavailable(_reason(error)) from error
+        return pooled.driver_connection, pooled.invalidate
 
     def close(self) -> None:
         self.engine.dispose()

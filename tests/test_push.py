@@ -1,0 +1,392 @@
+"""Standbys told of releases (celery_leaderbeat.watch): fast handover, cheap waiting.
+
+Every test sets the retry interval far above the bound it checks, so a
+standby that only polled at that interval (today's behaviour, and what
+``leaderbeat_push = False`` keeps) fails it; the bounds themselves are loose.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import redis
+
+from celery_leaderbeat.lease import LeaseElector, LeaseTiming, StoreUnavailable
+from celery_leaderbeat.settings import LeaderSettings
+from celery_leaderbeat.stores.redis import RedisLeaseStore
+from celery_leaderbeat.stores.sql import SqlLeaseStore
+from celery_leaderbeat.testing import BeatCluster, RedisServer, redis_store, wait_for
+
+POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+
+#: A standby that only polled would take 10 s; one that is told takes milliseconds.
+LONG_RETRY = LeaseTiming(ttl=20.0, renew_interval=0.5, retry_interval=10.0)
+#: Release to acquisition, SIGTERM handling of the old leader's beat included.
+HANDOVER_BOUND = 2.5
+
+
+class Standby:
+    """An elector driven as the scheduler drives it: ask, then wait on the watch."""
+
+    def __init__(self, elector: LeaseElector) -> None:
+        self.elector = elector
+        self.led_at: float | None = None
+        self.told = 0
+        self._stop = threading.Event()
+        #: Set: neither ask nor wait (the test rearranges the store meanwhile).
+        self.hold = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> Standby:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self.hold.is_set():
+                time.sleep(0.01)
+                continue
+            try:
+                if self.elector.is_leader():
+                    self.led_at = time.monotonic()
+                    return
+            except Exception:  # NotLeader: stand by
+                pass
+            wait = min(self.elector.seconds_until_next_attempt(), 1.0)
+            if self.elector.wait_for_release(wait):
+                self.told += 1
+            else:
+                time.sleep(max(0.0, min(self.elector.seconds_until_next_attempt(), 0.05)))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        self.elector.release()
+        self.elector.close()
+
+
+def _sql_settings(lease: str, table: str) -> LeaderSettings:
+    return LeaderSettings(elector=POSTGRES, lease_name=lease, identity="t", timing=LONG_RETRY,
+                          sql_table=table)
+
+
+def _table(lease_name: str) -> str:
+    return "lbpush_" + re.sub(r"[^a-z0-9]", "", lease_name.lower())[-30:]
+
+
+# -- real beat processes: graceful handover ---------------------------------------
+
+
+@pytest.mark.processes
+@pytest.mark.parametrize("store", ["redis", "postgresql", "file"])
+def test_a_graceful_handover_is_pushed_faster_than_the_retry_interval(
+        store: str, redis_server: RedisServer, lease_name: str, tmp_path: Path,
+        request: pytest.FixtureRequest) -> None:
+    """SIGTERM the leader: a standby leads within HANDOVER_BOUND, not the 10 s retry.
+
+    Then SIGTERM a standby waiting on its watch (for up to one 20 s lease):
+    it exits at once, as beat's handler asks.
+    """
+    elector = {"redis": redis_server.url, "postgresql": POSTGRES,
+               "file": f"file://{tmp_path}/locks/beat.lock"}[store]
+    conf = {"leaderbeat_sql_table": _table(lease_name)} if store == "postgresql" else {}
+    failed_before = request.session.testsfailed
+    with BeatCluster(redis_server.url, 3, lease_name=lease_name, queue=lease_name,
+                     elector=elector, timing=LONG_RETRY, conf=conf) as cluster:
+        if store == "postgresql":  # the observer reads our table, not the default one
+            cluster._store = SqlLeaseStore.from_url(
+                POSTGRES, _sql_settings(lease_name, _table(lease_name)))
+        try:
+            old = wait_for(cluster.leader_by_lease, 30, message="a leader")
+            assert old is not None
+            others = [r for r in cluster.replicas if r is not old]
+            wait_for(lambda: all("is a standby" in r.log() for r in others), 30,
+                     message="both standbys asked once")
+            sent = old.terminate()
+            wait_for(lambda: cluster.leader_by_lease() not in (None, old), 10,
+                     interval=0.005, message="a new leader")
+            took = time.monotonic() - sent
+            new = cluster.leader_by_lease()
+            print(f"{store}: SIGTERM to new leader in {took * 1000:.0f} ms")
+            assert took < HANDOVER_BOUND
+            assert new in others
+            assert old.wait_exit(10) == 0
+            waiting = next(r for r in others if r is not cluster.leader_by_lease())
+            stopped = waiting.terminate()
+            waiting.wait_exit(10)
+            assert time.monotonic() - stopped < 3.0, "a waiting standby ignored SIGTERM"
+            assert not cluster.exited_by_themselves()
+        finally:
+            if request.session.testsfailed > failed_before:
+                print(cluster.logs())
+    if store == "postgresql":
+        _drop_tables(_table(lease_name))
+
+
+def _drop_tables(table: str) -> None:
+    engine = SqlLeaseStore.from_url(POSTGRES, _sql_settings("drop", table)).engine
+    with engine.begin() as connection:
+        for suffix in ("", "_runs", "_replicas"):
+            connection.exec_driver_sql(f"DROP TABLE IF EXISTS {table}{suffix}")
+    engine.dispose()
+
+
+@pytest.mark.processes
+def test_a_step_down_is_pushed_faster_than_the_retry_interval(
+        redis_server: RedisServer, lease_name: str) -> None:
+    with BeatCluster(redis_server.url, 2, lease_name=lease_name, queue=lease_name,
+                     timing=LONG_RETRY) as cluster:
+        old = wait_for(cluster.leader_by_lease, 30, message="a leader")
+        other = next(r for r in cluster.replicas if r is not old)
+        wait_for(lambda: "is a standby" in other.log(), 30, message="the standby asked once")
+        done = cluster.leaderbeat("step-down", "--timeout", "9")
+        assert done.returncode == 0, done.stdout + done.stderr
+        took = float(re.search(r"after ([0-9.]+) s", done.stdout).group(1))  # type: ignore[union-attr]
+        # Honoured at the next renewal (0.5 s), then pushed.
+        assert took < LONG_RETRY.renew_interval + 1.0, done.stdout
+
+
+# -- crash and lost pushes: the fallback at the lease's expiry ----------------------
+
+
+def test_a_standby_wakes_when_the_lease_it_saw_expires(
+        redis_server: RedisServer, lease_name: str) -> None:
+    """A crashed leader (it never renews): takeover at its expiry, not at the next retry."""
+    holder = LeaseElector(redis_store(redis_server.url, lease_name), identity="holder",
+                          timing=LeaseTiming(ttl=2.0, renew_interval=1.0))
+    assert holder.is_leader()
+    acquired_at = time.monotonic()
+    standby = Standby(LeaseElector(redis_store(redis_server.url, lease_name),
+                                   identity="standby", timing=LONG_RETRY)).start()
+    try:
+        wait_for(lambda: standby.led_at is not None, 10, message="the standby leads")
+        assert standby.led_at is not None
+        took = standby.led_at - acquired_at
+        assert 2.0 <= took < 2.0 + 0.5, took
+    finally:
+        standby.stop()
+        holder.close()
+
+
+def test_a_lost_push_is_covered_within_one_lease(
+        redis_server: RedisServer, lease_name: str) -> None:
+    """A release whose push never arrives: the standby still takes over within one TTL."""
+    ttl = 2.0
+    holder = LeaseElector(redis_store(redis_server.url, lease_name), identity="holder",
+                          timing=LeaseTiming(ttl=ttl, renew_interval=0.2))
+    assert holder.is_leader()
+    renewing = threading.Event()
+    renewing.set()
+
+    def renew() -> None:
+        while renewing.is_set():
+            holder.is_leader()
+            time.sleep(0.1)
+
+    renewer = threading.Thread(target=renew, daemon=True)
+    renewer.start()
+    standby = Standby(LeaseElector(redis_store(redis_server.url, lease_name),
+                                   identity="standby", timing=LONG_RETRY)).start()
+    try:
+        wait_for(lambda: standby.told >= 1, 10, message="the standby listening")
+        time.sleep(ttl)  # several renewals seen by the standby's fallback polls
+        renewing.clear()
+        renewer.join()
+        assert isinstance(holder.store, RedisLeaseStore)
+        holder.store.release_channel = f"nobody-listens-{uuid.uuid4().hex}"
+        released_at = time.monotonic()
+        holder.release()
+        wait_for(lambda: standby.led_at is not None, 10, message="the standby leads")
+        assert standby.led_at is not None
+        assert standby.led_at - released_at < ttl + 0.3
+    finally:
+        standby.stop()
+        holder.close()
+
+
+# -- reconnects ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server this test may kill connections on and restart."""
+    with RedisServer() as server:
+        yield server
+
+
+def assert_release_is_pushed(holder: LeaseElector, standby: Standby, told: int) -> None:
+    """Once the standby looked again after its reconnect, the holder's release reaches it."""
+    wait_for(lambda: standby.told > told, 10, message="the standby listening again")
+    time.sleep(0.2)  # it asked, saw the holder, and waits again
+    released_at = time.monotonic()
+    holder.release()
+    wait_for(lambda: standby.led_at is not None, HANDOVER_BOUND, interval=0.01,
+             message="the standby leads after a pushed release")
+    assert standby.led_at is not None and standby.led_at - released_at < 1.0
+
+
+def _leads(elector: LeaseElector) -> bool:
+    try:
+        return elector.is_leader()
+    except Exception:
+        return False
+
+
+def test_a_subscriber_killed_by_client_kill_is_resubscribed(
+        own_redis: RedisServer, lease_name: str) -> None:
+    holder = LeaseElector(redis_store(own_redis.url, lease_name), identity="holder",
+                          timing=LONG_RETRY)
+    assert holder.is_leader()
+    standby = Standby(LeaseElector(redis_store(own_redis.url, lease_name),
+                                   identity="standby", timing=LONG_RETRY)).start()
+    admin = own_redis.client()
+    try:
+        wait_for(lambda: standby.told >= 1, 10, message="the standby subscribed")
+        told = standby.told
+        assert admin.client_kill_filter(_type="pubsub") == 1
+        assert_release_is_pushed(holder, standby, told)
+    finally:
+        standby.stop()
+        holder.close()
+        admin.close()
+
+
+def test_a_subscriber_survives_a_redis_restart(own_redis: RedisServer, lease_name: str) -> None:
+    standby = Standby(LeaseElector(redis_store(own_redis.url, lease_name),
+                                   identity="standby", timing=LONG_RETRY))
+    holder = LeaseElector(redis_store(own_redis.url, lease_name), identity="holder",
+                          timing=LONG_RETRY)
+    assert holder.is_leader()
+    standby.start()
+    try:
+        wait_for(lambda: standby.told >= 1, 10, message="the standby subscribed")
+        told = standby.told
+        standby.hold.set()  # so that the holder, not the standby, takes the lease again
+        own_redis.restart()  # no persistence: the lease is gone with the subscription
+        assert wait_for(lambda: _leads(holder), 10, message="the holder leads again")
+        standby.hold.clear()
+        assert_release_is_pushed(holder, standby, told)
+    finally:
+        standby.stop()
+        holder.close()
+
+
+def test_a_postgres_listener_killed_by_the_server_listens_again(lease_name: str) -> None:
+    table = _table(lease_name)
+    settings = _sql_settings(lease_name, table)
+    holder = LeaseElector(SqlLeaseStore.from_url(POSTGRES, settings), identity="holder",
+                          timing=LONG_RETRY)
+    assert holder.is_leader()
+    store = SqlLeaseStore.from_url(POSTGRES, settings)
+    standby = Standby(LeaseElector(store, identity="standby", timing=LONG_RETRY)).start()
+    admin = SqlLeaseStore.from_url(POSTGRES, settings).engine
+    try:
+        wait_for(lambda: standby.told >= 1, 10, message="the standby listens")
+        told = standby.told
+        with admin.begin() as connection:
+            killed = connection.exec_driver_sql(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                f"WHERE query = 'LISTEN \"{store.release_channel}\"'").fetchall()
+        assert len(killed) == 1
+        assert_release_is_pushed(holder, standby, told)
+    finally:
+        standby.stop()
+        holder.close()
+        admin.dispose()
+        _drop_tables(table)
+
+
+# -- what a standby costs, and stores that cannot push -----------------------------
+
+
+def test_a_listening_standby_asks_about_once_per_lease(
+        make_app: Callable[..., Any], make_scheduler: Callable[..., Any],
+        redis_server: RedisServer, lease_name: str) -> None:
+    """Driven as beat drives it, with a 0.35 s entry: the shadow keeps its pace,
+    and the store is asked about once per 2 s lease, not every 0.5 s retry."""
+    holder = LeaseElector(redis_store(redis_server.url, lease_name),
+                          identity="holder", timing=LeaseTiming(ttl=2.0, renew_interval=0.2))
+    stop = threading.Event()
+
+    def lead() -> None:
+        while not stop.is_set():
+            _leads(holder)
+            time.sleep(0.1)
+
+    leader = threading.Thread(target=lead, daemon=True)
+    assert holder.is_leader()
+    leader.start()
+    b = make_scheduler(make_app(beat_schedule={"fast": {"task": "x", "schedule": 0.35}},
+                                leaderbeat_retry_interval=0.5, leaderbeat_lease_ttl=2.0,
+                                leaderbeat_push=True), "b")
+    attempts: list[float] = []
+    shadows: list[float] = []
+    acquire, shadow = b.elector.store.acquire, b._shadow_tick
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        attempts.append(time.monotonic())
+        return acquire(*args, **kwargs)
+
+    def shadowed(*args: Any, **kwargs: Any) -> Any:
+        shadows.append(time.monotonic())
+        return shadow(*args, **kwargs)
+
+    b.elector.store.acquire, b._shadow_tick = counted, shadowed
+    try:
+        end = time.monotonic() + 6.0
+        while time.monotonic() < end:  # what celery.beat.Service.start does
+            time.sleep(max(0.0, b.tick()))
+    finally:
+        stop.set()
+        leader.join()
+        holder.release()
+        holder.close()
+    # The first attempt, one after subscribing, then one per lease: 4 in 6 s, not 12.
+    assert 3 <= len(attempts) <= 5, [round(t - attempts[0], 2) for t in attempts]
+    gaps = [later - earlier for earlier, later in zip(shadows, shadows[1:])]
+    assert len(shadows) >= 6.0 / 0.35 - 2 and max(gaps) < 0.35 + 0.15, gaps
+
+
+def test_stores_that_cannot_push_keep_the_retry_pace(tmp_path: Path, lease_name: str) -> None:
+    settings = LeaderSettings(elector=None, lease_name=lease_name, identity="t",
+                              timing=LONG_RETRY, sql_table="leaderbeat_lease")
+    store = SqlLeaseStore.from_url(f"sqlite:///{tmp_path}/lease.db", settings)
+    elector = LeaseElector(store, identity="standby", timing=LONG_RETRY)
+    assert store.release_watch() is None
+    started = time.monotonic()
+    assert elector.wait_for_release(0.5) is False
+    assert time.monotonic() - started < 0.1  # it did not wait: the scheduler sleeps instead
+    elector.close()
+
+
+def test_push_can_be_turned_off(redis_server: RedisServer, lease_name: str) -> None:
+    holder = LeaseElector(redis_store(redis_server.url, lease_name), identity="holder")
+    assert holder.is_leader()
+    off = LeaseElector(redis_store(redis_server.url, lease_name), identity="off", push=False)
+    with pytest.raises(Exception, match="held"):
+        off.is_leader()
+    assert off.wait_for_release(0.3) is False
+    assert off._watch is None  # no listening connection at all
+    off.close()
+    holder.release()
+    holder.close()
+
+
+def test_a_watch_that_cannot_listen_falls_back_to_the_retry_pace(lease_name: str) -> None:
+    store = RedisLeaseStore(redis.Redis(port=1, socket_connect_timeout=0.2), lease_name)
+    elector = LeaseElector(store, identity="standby",
+                           timing=LeaseTiming(ttl=20.0, retry_interval=0.5))
+    with pytest.raises(Exception, match="store unavailable"):
+        elector.is_leader()
+    assert elector.wait_for_release(5.0) is False
+    assert elector.seconds_until_next_attempt() <= 0.5
+    with pytest.raises(StoreUnavailable):
+        RedisLeaseStore(redis.Redis(port=1), lease_name).release_watch().wait(1.0)
+    elector.close()
