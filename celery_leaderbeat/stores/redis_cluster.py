@@ -1,0 +1,125 @@
+"""The Redis lease store on Redis Cluster: ``redis+cluster://[user:password@]h1:7000,h2:7001``.
+
+``rediss+cluster://`` is the same over TLS (certificates through
+``leaderbeat_redis_options``). The listed nodes are where redis-py's
+``RedisCluster`` first asks for the slot map; any reachable one will do.
+
+All keys of a lease share the ``{name}`` hash tag, so they live in one slot
+and every script runs on one master: no command here spans slots, and none
+needs a MULTI (which older redis-py clusters lack). The scripts and the
+replica guard are those of
+:class:`~celery_leaderbeat.stores.redis.RedisLeaseStore`, with
+``leaderbeat_redis_min_replicas`` defaulting to 1; ``WAIT`` goes to the
+master of the lease's slot on the connection that ran the script, and a
+call that failed (the master went away, or the slot ``MOVED``) makes the
+next call re-read the slot map.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
+
+import redis
+from kombu.utils.url import maybe_sanitize_url
+from redis.cluster import ClusterNode, RedisCluster
+
+from ..lease import StoreUnavailable
+from ..settings import improperly_configured
+from .redis import RedisLeaseStore, client_options
+
+if TYPE_CHECKING:
+    from ..settings import LeaderSettings
+
+__all__ = ["RedisClusterLeaseStore", "parse_cluster_url"]
+
+SCHEMES = {"redis+cluster": False, "rediss+cluster": True}  # scheme -> TLS
+
+
+def parse_cluster_url(url: str) -> tuple[list[ClusterNode], dict[str, Any]]:
+    """(startup nodes, credentials and TLS flag) from a ``redis+cluster://`` URL.
+
+    Raises ImproperlyConfigured naming ``leaderbeat_elector`` for another
+    scheme, a missing host or port, or a database other than 0 (a cluster has one).
+    """
+    split = urlsplit(url)
+    scheme = split.scheme.lower()
+    if scheme not in SCHEMES:
+        improperly_configured("leaderbeat_elector", f"{scheme}:// is not a cluster URL")
+    credentials, _, hosts = split.netloc.rpartition("@")
+    nodes = []
+    for host in filter(None, hosts.split(",")):
+        name, _, port = host.rpartition(":")
+        if not name or not port.isdigit():
+            improperly_configured(
+                "leaderbeat_elector",
+                f"{maybe_sanitize_url(url)!r}: {host!r} is not host:port "
+                "(redis+cluster://h1:7000,h2:7001)")
+        nodes.append(ClusterNode(name.strip("[]"), int(port)))  # type: ignore[no-untyped-call]
+    if not nodes:
+        improperly_configured("leaderbeat_elector", f"{maybe_sanitize_url(url)!r} names no node")
+    if split.path.strip("/") not in ("", "0"):
+        improperly_configured("leaderbeat_elector", "a Redis Cluster has database 0 only")
+    options: dict[str, Any] = {"ssl": True} if SCHEMES[scheme] else {}
+    if credentials:
+        user, _, password = credentials.partition(":")
+        options.update({key: unquote(value) for key, value in
+                        (("username", user), ("password", password)) if value})
+    return nodes, options
+
+
+class RedisClusterLeaseStore(RedisLeaseStore):
+    """The Redis lease store on the master of the lease's slot in a Redis Cluster."""
+
+    default_min_replicas = 1
+
+    def __init__(self, client: RedisCluster, name: str, *, description: str,
+                 min_replicas: int) -> None:
+        super().__init__(client, name, description=description, min_replicas=min_replicas)
+        self._stale_slots = False
+
+    @classmethod
+    def from_url(cls, url: str, settings: LeaderSettings) -> RedisClusterLeaseStore:
+        """Connect to the cluster ``url`` lists; client options apply to every node.
+
+        Raises StoreUnavailable when no listed node answers (redis-py's
+        ``RedisCluster`` reads the slot map when it is built).
+        """
+        nodes, url_options = parse_cluster_url(url)
+        options = {**client_options(settings), **url_options}
+        # The cluster client retries on its own unless told not to: a call must
+        # never hold a tick longer than one socket timeout.
+        options.setdefault("cluster_error_retry_attempts", 0)
+        try:
+            # redis-py reads the slot map here: unlike the other stores, this one
+            # needs a node to answer at start-up.
+            client = RedisCluster(startup_nodes=nodes, **options)
+        except redis.RedisError as exc:
+            raise StoreUnavailable(
+                f"no node of {maybe_sanitize_url(url)} answered: {type(exc).__name__}: {exc}"
+            ) from exc
+        return cls(client, settings.lease_name, description=maybe_sanitize_url(url),
+                   min_replicas=cls.min_replicas_of(settings))
+
+    def _master_for(self, key: str) -> Any:
+        cluster: RedisCluster = self.client
+        try:
+            if self._stale_slots:
+                cluster.nodes_manager.initialize()
+                self._stale_slots = False
+            node = cluster.get_node_from_key(key)  # type: ignore[no-untyped-call]
+            return cluster.get_redis_connection(node)
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    def _failed(self, exc: redis.RedisError) -> None:
+        self._stale_slots = True
+
+    def close(self) -> None:
+        # RedisCluster keeps one pool per node (and none of its own): free each,
+        # leaving a connection in use alone (see RedisLeaseStore.close).
+        for node in self.client.get_nodes():
+            if node.redis_connection is not None:
+                with contextlib.suppress(Exception):
+                    node.redis_connection.connection_pool.disconnect(inuse_connections=False)
