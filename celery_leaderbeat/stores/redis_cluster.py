@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import redis
-from kombu.utils.url import maybe_sanitize_url
 from redis.cluster import ClusterNode, RedisCluster
 
 from ..lease import StoreUnavailable
@@ -32,9 +31,18 @@ from .redis import RedisLeaseStore, client_options
 if TYPE_CHECKING:
     from ..settings import LeaderSettings
 
-__all__ = ["RedisClusterLeaseStore", "parse_cluster_url"]
+__all__ = ["RedisClusterLeaseStore", "parse_cluster_url", "sanitize_cluster_url"]
 
 SCHEMES = {"redis+cluster": False, "rediss+cluster": True}  # scheme -> TLS
+
+
+def sanitize_cluster_url(url: str) -> str:
+    """The URL with its password masked (kombu's sanitizer takes one host only)."""
+    split = urlsplit(url)
+    credentials, at, hosts = split.netloc.rpartition("@")
+    user, colon, _ = credentials.partition(":")
+    masked = f"{user}:**" if colon else user
+    return split._replace(netloc=f"{masked}{at}{hosts}").geturl()
 
 
 def parse_cluster_url(url: str) -> tuple[list[ClusterNode], dict[str, Any]]:
@@ -54,11 +62,11 @@ def parse_cluster_url(url: str) -> tuple[list[ClusterNode], dict[str, Any]]:
         if not name or not port.isdigit():
             improperly_configured(
                 "leaderbeat_elector",
-                f"{maybe_sanitize_url(url)!r}: {host!r} is not host:port "
+                f"{sanitize_cluster_url(url)!r}: {host!r} is not host:port "
                 "(redis+cluster://h1:7000,h2:7001)")
         nodes.append(ClusterNode(name.strip("[]"), int(port)))  # type: ignore[no-untyped-call]
     if not nodes:
-        improperly_configured("leaderbeat_elector", f"{maybe_sanitize_url(url)!r} names no node")
+        improperly_configured("leaderbeat_elector", f"{sanitize_cluster_url(url)!r} names no node")
     if split.path.strip("/") not in ("", "0"):
         improperly_configured("leaderbeat_elector", "a Redis Cluster has database 0 only")
     options: dict[str, Any] = {"ssl": True} if SCHEMES[scheme] else {}
@@ -97,9 +105,9 @@ class RedisClusterLeaseStore(RedisLeaseStore):
             client = RedisCluster(startup_nodes=nodes, **options)
         except redis.RedisError as exc:
             raise StoreUnavailable(
-                f"no node of {maybe_sanitize_url(url)} answered: {type(exc).__name__}: {exc}"
+                f"no node of {sanitize_cluster_url(url)} answered: {type(exc).__name__}: {exc}"
             ) from exc
-        return cls(client, settings.lease_name, description=maybe_sanitize_url(url),
+        return cls(client, settings.lease_name, description=sanitize_cluster_url(url),
                    min_replicas=cls.min_replicas_of(settings))
 
     def _master_for(self, key: str) -> Any:

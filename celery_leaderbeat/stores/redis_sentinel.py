@@ -31,7 +31,8 @@ from .redis import RedisLeaseStore, client_options
 if TYPE_CHECKING:
     from ..settings import LeaderSettings
 
-__all__ = ["RedisSentinelLeaseStore", "SentinelURL", "parse_sentinel_url"]
+__all__ = ["RedisSentinelLeaseStore", "SentinelURL", "parse_sentinel_url",
+           "sanitize_sentinel_url"]
 
 DEFAULT_SENTINEL_PORT = 26379
 OPTIONS_KEY = "leaderbeat_redis_transport_options"
@@ -86,6 +87,11 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     return SentinelURL(sentinels, int(db), found.get("username"), found.get("password"))
 
 
+def sanitize_sentinel_url(url: str) -> str:
+    """The URL list with every password masked (kombu's sanitizer takes one URL at a time)."""
+    return ";".join(maybe_sanitize_url(part.strip()) for part in url.split(";") if part.strip())
+
+
 def sentinel_options(options: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     """(master name, keyword arguments of redis-py's ``Sentinel``) from transport options.
 
@@ -137,7 +143,7 @@ class RedisSentinelLeaseStore(RedisLeaseStore):
             ("username", parsed.username), ("password", parsed.password)) if value}
         client = sentinel.master_for(  # type: ignore[no-untyped-call]
             master_name, db=parsed.db, **credentials)
-        description = f"{maybe_sanitize_url(url)} (master {master_name!r})"
+        description = f"{sanitize_sentinel_url(url)} (master {master_name!r})"
         return cls(client, settings.lease_name, sentinel=sentinel, description=description,
                    min_replicas=cls.min_replicas_of(settings))
 

@@ -39,7 +39,7 @@ import weakref
 from collections.abc import Mapping, Sequence
 from typing import IO, Any, Callable
 
-from kombu.utils.url import maybe_sanitize_url
+from ..stores.redis_sentinel import sanitize_sentinel_url
 
 from ..lease import LeaseElector, LeaseStore, LeaseTiming
 from .processes import death_signal_setter
@@ -449,5 +449,5 @@ class BeatCluster:
     def describe(self) -> str:
         """Where this cluster lives, without secrets."""
         return (f"{len(self.replicas)} x {self.scheduler} on "
-                f"{maybe_sanitize_url(self.broker_url)}, queue {self.queue!r}, "
+                f"{sanitize_sentinel_url(self.broker_url)}, queue {self.queue!r}, "
                 f"lease {self.lease_name!r}")

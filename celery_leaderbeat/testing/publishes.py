@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from kombu.utils.url import maybe_sanitize_url
+from ..stores.redis_sentinel import sanitize_sentinel_url
 
 from ..scheduler import SCHEDULED_AT_HEADER, TERM_HEADER
 
@@ -90,7 +90,7 @@ class MessageRecorder:
             errors = "; ".join(self.errors[-3:]) or "no error"
             raise TimeoutError(
                 f"recorder could not consume {self.queue!r} from "
-                f"{maybe_sanitize_url(self.broker_url)} within {timeout}s ({errors})")
+                f"{sanitize_sentinel_url(self.broker_url)} within {timeout}s ({errors})")
         return self
 
     def stop(self) -> None:

@@ -1,4 +1,4 @@
-"""A private, throw-away ``redis-server`` on a free loopback port."""
+"""A private, throw-away ``redis-server`` on a free loopback port (or a Sentinel)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import signal
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .ports import free_port
@@ -20,13 +21,24 @@ __all__ = ["RedisServer"]
 
 
 class RedisServer:
-    """A private, throw-away ``redis-server`` (no persistence) on a free port."""
+    """A private, throw-away ``redis-server`` (no persistence) on a free port.
 
-    def __init__(self, port: int | None = None, executable: str | None = None) -> None:
+    ``config`` lines go into a fresh config file in the server's own
+    directory (kept across restarts, removed on exit), which a Sentinel or a
+    cluster node rewrites as it goes; ``sentinel=True`` runs
+    ``redis-server <config> --sentinel``.
+    """
+
+    def __init__(self, port: int | None = None, executable: str | None = None, *,
+                 config: Sequence[str] = (), sentinel: bool = False) -> None:
         self.port = port or free_port()
         self.executable = executable or shutil.which("redis-server") or "redis-server"
         self.process: subprocess.Popen[bytes] | None = None
+        self.sentinel = sentinel
         self._dir = tempfile.mkdtemp(prefix="leaderbeat-redis-")
+        self.config_path = os.path.join(self._dir, "redis.conf")
+        with open(self.config_path, "w", encoding="utf-8") as fh:
+            fh.write("".join(f"{line}\n" for line in config))
 
     @property
     def url(self) -> str:
@@ -35,10 +47,11 @@ class RedisServer:
     def start(self, timeout: float = 10.0) -> RedisServer:
         if self.process is not None and self.process.poll() is None:
             return self
+        mode = ["--sentinel"] if self.sentinel else ["--save", "", "--appendonly", "no"]
         self.process = subprocess.Popen(
             [
-                self.executable, "--port", str(self.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--dir", self._dir,
+                self.executable, self.config_path, *mode, "--port", str(self.port),
+                "--bind", "127.0.0.1", "--dir", self._dir,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -74,6 +87,15 @@ class RedisServer:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+    def kill(self) -> float:
+        """kill -9 the server; return the monotonic time the signal was sent."""
+        assert self.process is not None
+        sent_at = time.monotonic()
+        self.process.kill()
+        self.process.wait()
+        self.process = None
+        return sent_at
 
     def restart(self) -> None:
         self.stop()
