@@ -337,7 +337,7 @@ class RedisLeaseStore:
         try:
             return script(keys=keys, args=args)
         except redis.RedisError as exc:
-            self._failed(exc)
+            self._master_may_have_moved()
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     def _confirmed(self, script: Any, keys: list[str], args: list[Any],
@@ -353,7 +353,7 @@ class RedisLeaseStore:
                 needed = replicas_of(reply)
                 acked = connection.wait(needed, _ms(REPLICA_WAIT)) if needed > 0 else 0
         except redis.RedisError as exc:
-            self._failed(exc)
+            self._master_may_have_moved()
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
         if acked < needed:
             raise StoreUnavailable(
@@ -365,8 +365,9 @@ class RedisLeaseStore:
         """The client of the master that holds ``key`` (a cluster picks it per slot)."""
         return self.client
 
-    def _failed(self, exc: redis.RedisError) -> None:
-        """A call failed: a cluster store refreshes its slot map at the next call."""
+    def _master_may_have_moved(self) -> None:
+        """A call failed, or the replica guard refused it: the master this client
+        talks to may no longer be the one. Sentinel and Cluster stores look again."""
 
     def acquire(self, owner: str, identity: str, ttl: float, *,
                 beat: ReplicaRecord | None = None, take: bool = True) -> Acquisition:
@@ -375,6 +376,8 @@ class RedisLeaseStore:
             [owner, identity, _ms(ttl), int(take), *_beat_args(beat), self.min_replicas],
             lambda reply: int(reply[3]) if int(reply[0]) == 1 else 0,
         )
+        if int(outcome) < 0:
+            self._master_may_have_moved()
         if int(outcome) == -1:
             raise StoreUnavailable(
                 f"term {int(term)} began with more replicas than the {int(replicas)} online "
@@ -393,6 +396,7 @@ class RedisLeaseStore:
         outcome = int(self._call(self._renew, keys,
                                  [owner, term, _ms(ttl), identity, *_beat_args(beat)]))
         if outcome == -1:
+            self._master_may_have_moved()
             _replica_lost(term, "renewal")
         return RENEWALS[outcome]
 
@@ -406,6 +410,7 @@ class RedisLeaseStore:
         outcome = int(self._confirmed(self._claim, [self.lease_key, self.history_key], args,
                                       lambda reply: max(0, int(reply) - 1)))
         if outcome == -1:
+            self._master_may_have_moved()
             _replica_lost(term, "claim")
         return outcome > 0
 
@@ -417,7 +422,7 @@ class RedisLeaseStore:
         try:
             raw = self.client.hgetall(self.history_key)
         except redis.RedisError as exc:
-            self._failed(exc)
+            self._master_may_have_moved()
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
         return {_text(k) or "": _text(v) or "" for k, v in raw.items()}
 

@@ -121,8 +121,8 @@ class RedisClusterLeaseStore(RedisLeaseStore):
         except redis.RedisError as exc:
             raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
-    def _failed(self, exc: redis.RedisError) -> None:
-        self._stale_slots = True
+    def _master_may_have_moved(self) -> None:
+        self._stale_slots = True  # re-read the slot map at the next call
 
     def close(self) -> None:
         # RedisCluster keeps one pool per node (and none of its own): free each,

@@ -147,6 +147,13 @@ class RedisSentinelLeaseStore(RedisLeaseStore):
         return cls(client, settings.lease_name, sentinel=sentinel, description=description,
                    min_replicas=cls.min_replicas_of(settings))
 
+    def _master_may_have_moved(self) -> None:
+        # Ask the Sentinels now: redis-py asks them only when it opens a connection,
+        # and keeps its pooled ones on an old master that still serves (a switchover)
+        # until that master is demoted, seconds later. A changed answer drops them.
+        with contextlib.suppress(Exception):
+            self.client.connection_pool.get_master_address()
+
     def close(self) -> None:
         super().close()
         for sentinel in self.sentinel.sentinels:  # the connections that asked for the master

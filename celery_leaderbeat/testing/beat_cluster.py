@@ -39,9 +39,8 @@ import weakref
 from collections.abc import Mapping, Sequence
 from typing import IO, Any, Callable
 
-from ..stores.redis_sentinel import sanitize_sentinel_url
-
 from ..lease import LeaseElector, LeaseStore, LeaseTiming
+from ..stores.redis_sentinel import sanitize_sentinel_url
 from .processes import death_signal_setter
 from .publishes import MessageRecorder
 from .waiting import wait_for
@@ -310,6 +309,7 @@ class BeatCluster:
         self.recorder = MessageRecorder(broker_url, self.queue, self.transport_options)
         self._store: LeaseStore | None = None
         self._closed = False
+        self._conf = dict(conf or {})
 
         shared_conf: dict[str, Any] = {
             "broker_url": broker_url,
@@ -420,9 +420,11 @@ class BeatCluster:
             from ..backends import choose_elector
             from ..settings import LeaderSettings
 
+            options = self._conf.get("leaderbeat_redis_transport_options")
             settings = LeaderSettings(
                 elector=self.elector, lease_name=self.lease_name, identity="observer",
-                timing=self.timing, broker_url=self.broker_url)
+                timing=self.timing, broker_url=self.broker_url,
+                redis_transport_options=dict(options or self.transport_options))
             elector = choose_elector(settings).elector
             if not isinstance(elector, LeaseElector):
                 raise TypeError(f"the elector {elector!r} keeps no lease to read")

@@ -11,9 +11,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..stores.redis_sentinel import sanitize_sentinel_url
-
 from ..scheduler import SCHEDULED_AT_HEADER, TERM_HEADER
+from ..stores.redis_sentinel import sanitize_sentinel_url
 
 __all__ = ["MessageRecorder", "Publish", "duplicate_runs", "first_publish_by_another",
            "publishes_closer_than"]

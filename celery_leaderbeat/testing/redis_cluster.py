@@ -34,7 +34,7 @@ def _slot(key: str) -> int:
 
 
 class RedisClusterGroup:
-    """``masters`` masters with ``replicas_each`` replicas each, node timeout ``node_timeout_ms``."""
+    """``masters`` masters with ``replicas_each`` replicas each (node timeout in ms)."""
 
     def __init__(self, masters: int = 3, replicas_each: int = 1, *,
                  node_timeout_ms: int = 2000) -> None:
