@@ -60,8 +60,8 @@ class SentinelGroup:
         for node in self.nodes:
             node.start()
         master = self.nodes[0]
-        wait_for(lambda: self.online_replicas(master) == len(self.nodes) - 1, timeout,
-                 message="every replica online")
+        wait_for(lambda: self.replicas_acking(master, len(self.nodes) - 1), timeout,
+                 message="every replica online and acknowledging")
         for sentinel in self.sentinels:
             sentinel.start()
         others = len(self.sentinels) - 1
@@ -137,6 +137,17 @@ class SentinelGroup:
         return sum(1 for key, value in info.items()
                    if key.startswith("slave") and isinstance(value, dict)
                    and value.get("state") == "online")
+
+    @staticmethod
+    def replicas_acking(node: RedisServer, count: int) -> bool:
+        """True once ``count`` replicas acknowledge a write to ``node`` (a replica
+        just synced is online a moment before it acknowledges, and WAIT counts acks)."""
+        try:
+            client = node.client(socket_timeout=1)
+            client.set("leaderbeat:harness", "ack")
+            return int(client.wait(count, 200)) >= count
+        except Exception:
+            return False
 
     # -- faults --------------------------------------------------------------------
 
