@@ -23,9 +23,10 @@ Replicated Redis (Sentinel, Cluster, a primary with replicas): with
 ``min_replicas`` above 0 a term starts only while that many replicas are
 online, and records how many were (``replicas`` in the lease hash, raised
 when more come online). A new term and every claim then count only once
-``WAIT`` says that many replicas hold them; and a term ends when fewer are
-online, since the one that left may have been promoted while this master
-still serves. Why and what that guarantees: ``docs/redis-ha.md``. Sentinel
+``WAIT`` says all of those replicas hold them (so a replica promoted while
+the old master still serves has them); and fewer online ends the term,
+whose lease is left to expire, so that the next term starts with the
+replicas then online. Why and what that guarantees: ``docs/redis-ha.md``. Sentinel
 and Cluster clients are built in ``redis_sentinel.py`` and ``redis_cluster.py``;
 the scripts and the store are shared.
 """
@@ -348,7 +349,9 @@ class RedisLeaseStore:
         if self.min_replicas <= 0:
             return self._call(script, keys, args)
         try:
-            with self._master_for(keys[0]).client() as connection:
+            master = self._master_for(keys[0])
+            with type(master)(connection_pool=master.connection_pool,
+                              single_connection_client=True) as connection:
                 reply = script(keys=keys, args=args, client=connection)
                 needed = replicas_of(reply)
                 acked = connection.wait(needed, _ms(REPLICA_WAIT)) if needed > 0 else 0

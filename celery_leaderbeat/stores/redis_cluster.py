@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["RedisClusterLeaseStore", "parse_cluster_url", "sanitize_cluster_url"]
 
 SCHEMES = {"redis+cluster": False, "rediss+cluster": True}  # scheme -> TLS
+_REDIS_PY = tuple(int(part) for part in redis.__version__.split(".")[:2] if part.isdigit())
 
 
 def sanitize_cluster_url(url: str) -> str:
@@ -96,9 +97,11 @@ class RedisClusterLeaseStore(RedisLeaseStore):
         """
         nodes, url_options = parse_cluster_url(url)
         options = {**client_options(settings), **url_options}
-        # The cluster client retries on its own unless told not to: a call must
-        # never hold a tick longer than one socket timeout.
-        options.setdefault("cluster_error_retry_attempts", 0)
+        if _REDIS_PY < (6,):
+            # These retry cluster errors on their own (3 times) unless told not to:
+            # a call must never hold a tick longer than one socket timeout. Later
+            # ones take DEFAULT_CLIENT_OPTIONS' ``retry`` for that.
+            options.setdefault("cluster_error_retry_attempts", 0)
         try:
             # redis-py reads the slot map here: unlike the other stores, this one
             # needs a node to answer at start-up.
