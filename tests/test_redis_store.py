@@ -312,3 +312,18 @@ def test_a_step_down_request_releases_at_the_renewal_of_its_term_once(
     assert store.renew("owner-b", second.lease.term, 5) is Renewal.RENEWED
     assert store.request_step_down() is not None
     assert store.renew("owner-b", second.lease.term, 5) is Renewal.STEPPED_DOWN
+
+
+def test_a_cluster_store_starts_while_no_node_answers_and_connects_later(
+        lease_name: str) -> None:
+    """As every store connects lazily: beat starts, and leads once the cluster answers."""
+    group = RedisClusterGroup()  # its ports are chosen, nothing listens yet
+    try:
+        store = store_on(group.url, lease_name)
+        with pytest.raises(StoreUnavailable):
+            store.acquire("owner-a", "a", 5)
+        group.start()
+        assert wait_for(lambda: store.acquire("owner-a", "a", 5).acquired, 10)
+        store.close()
+    finally:
+        group.close()

@@ -23,6 +23,8 @@ from urllib.parse import unquote, urlsplit
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
+from redis.commands.core import Script
+from redis.exceptions import RedisClusterException
 
 from ..lease import StoreUnavailable
 from ..settings import improperly_configured
@@ -31,7 +33,8 @@ from .redis import RedisLeaseStore, client_options
 if TYPE_CHECKING:
     from ..settings import LeaderSettings
 
-__all__ = ["RedisClusterLeaseStore", "parse_cluster_url", "sanitize_cluster_url"]
+__all__ = ["LazyCluster", "RedisClusterLeaseStore", "parse_cluster_url",
+           "sanitize_cluster_url"]
 
 SCHEMES = {"redis+cluster": False, "rediss+cluster": True}  # scheme -> TLS
 _REDIS_PY = tuple(int(part) for part in redis.__version__.split(".")[:2] if part.isdigit())
@@ -78,22 +81,45 @@ def parse_cluster_url(url: str) -> tuple[list[ClusterNode], dict[str, Any]]:
     return nodes, options
 
 
+class LazyCluster:
+    """A ``RedisCluster`` built at its first use: every attribute but
+    ``register_script`` is the cluster's. When no node answers, the call
+    raises ``redis.ConnectionError`` and the next one tries again."""
+
+    def __init__(self, nodes: list[ClusterNode], options: dict[str, Any]) -> None:
+        self._nodes, self._options = nodes, options
+        self.built: RedisCluster | None = None
+
+    def register_script(self, script: str) -> Script:
+        # As bytes, so that its SHA1 needs no encoder of a client not built yet.
+        return Script(self, script.encode())  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Any:
+        if self.built is None:
+            try:
+                self.built = RedisCluster(startup_nodes=self._nodes, **self._options)
+            except (redis.RedisError, RedisClusterException) as exc:
+                raise redis.ConnectionError(f"{type(exc).__name__}: {exc}") from exc
+        return getattr(self.built, name)
+
+
 class RedisClusterLeaseStore(RedisLeaseStore):
     """The Redis lease store on the master of the lease's slot in a Redis Cluster."""
 
     default_min_replicas = 1
 
-    def __init__(self, client: RedisCluster, name: str, *, description: str,
+    def __init__(self, client: Any, name: str, *, description: str,
                  min_replicas: int) -> None:
         super().__init__(client, name, description=description, min_replicas=min_replicas)
         self._stale_slots = False
 
     @classmethod
     def from_url(cls, url: str, settings: LeaderSettings) -> RedisClusterLeaseStore:
-        """Connect to the cluster ``url`` lists; client options apply to every node.
+        """Connect lazily to the cluster ``url`` lists; client options apply to every node.
 
-        Raises StoreUnavailable when no listed node answers (redis-py's
-        ``RedisCluster`` reads the slot map when it is built).
+        The slot map is first read at the first call (redis-py reads it when it
+        builds a ``RedisCluster``), so beat starts while no node answers, and
+        keeps asking, as with the other stores.
         """
         nodes, url_options = parse_cluster_url(url)
         options = {**client_options(settings), **url_options}
@@ -102,14 +128,7 @@ class RedisClusterLeaseStore(RedisLeaseStore):
             # a call must never hold a tick longer than one socket timeout. Later
             # ones take DEFAULT_CLIENT_OPTIONS' ``retry`` for that.
             options.setdefault("cluster_error_retry_attempts", 0)
-        try:
-            # redis-py reads the slot map here: unlike the other stores, this one
-            # needs a node to answer at start-up.
-            client = RedisCluster(startup_nodes=nodes, **options)
-        except redis.RedisError as exc:
-            raise StoreUnavailable(
-                f"no node of {sanitize_cluster_url(url)} answered: {type(exc).__name__}: {exc}"
-            ) from exc
+        client = LazyCluster(nodes, options)
         return cls(client, settings.lease_name, description=sanitize_cluster_url(url),
                    min_replicas=cls.min_replicas_of(settings))
 
@@ -130,7 +149,10 @@ class RedisClusterLeaseStore(RedisLeaseStore):
     def close(self) -> None:
         # RedisCluster keeps one pool per node (and none of its own): free each,
         # leaving a connection in use alone (see RedisLeaseStore.close).
-        for node in self.client.get_nodes():
+        cluster = self.client.built if isinstance(self.client, LazyCluster) else self.client
+        if cluster is None:
+            return
+        for node in cluster.get_nodes():
             if node.redis_connection is not None:
                 with contextlib.suppress(Exception):
                     node.redis_connection.connection_pool.disconnect(inuse_connections=False)
