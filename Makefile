@@ -20,20 +20,22 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# The tests start private redis-server processes; install it if this machine lacks it.
+# The tests start private redis-server processes (Sentinels too) and build Redis
+# Clusters with redis-cli; install them if this machine lacks them.
 servers:
-	@command -v redis-server >/dev/null 2>&1 || { \
-	  echo "redis-server not found: installing it with apt-get"; \
-	  apt-get update -q && apt-get install -y -q redis-server; }
+	@command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 || { \
+	  echo "redis-server or redis-cli not found: installing them with apt-get"; \
+	  apt-get update -q && apt-get install -y -q redis-server redis-tools; }
 
 # The demo's broker is Redis when one answers: kombu's Redis transport comes with celery[redis].
 demo: $(BIN)/python
 	$(BIN)/pip install -q -e '.[redis]' 'celery[redis]'
 	$(BIN)/python examples/cluster_demo.py
 
+# The CI subset leaves out the long scenarios (marked slow); test-all runs everything.
 test: $(BIN)/python servers
 	$(BIN)/pip install -q 'tox>=4'
-	$(BIN)/tox run -e $(CI_ENVS)
+	$(BIN)/tox run -e $(CI_ENVS) -- -m "not slow"
 
 test-all: $(BIN)/python servers
 	$(BIN)/pip install -q 'tox>=4'
