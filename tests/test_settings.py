@@ -279,3 +279,14 @@ def test_passwords_never_reach_the_banner_or_the_log(
     assert "s3cret-pw" not in caplog.text
     assert "s3cret-pw" not in repr(scheduler.elector)
     scheduler.close()
+
+
+def test_the_sentinels_keep_the_short_timeouts_under_sentinel_kwargs(
+        build: Callable[..., LeaderScheduler]) -> None:
+    scheduler = build(leaderbeat_elector="sentinel://127.0.0.1:26379",
+                      leaderbeat_redis_transport_options={
+                          "master_name": "beat", "sentinel_kwargs": {"password": "s-pw"}})
+    store = scheduler.elector.store  # type: ignore[attr-defined]
+    sentinel = store.sentinel.sentinels[0].connection_pool.connection_kwargs
+    assert (sentinel["password"], sentinel["socket_timeout"]) == ("s-pw", 1.0)
+    assert store.client.connection_pool.connection_kwargs["socket_timeout"] == 1.0

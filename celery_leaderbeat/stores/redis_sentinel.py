@@ -132,13 +132,18 @@ class RedisSentinelLeaseStore(RedisLeaseStore):
         """Connect lazily through the Sentinels ``url`` lists (kombu's form, module docstring).
 
         Client options (:func:`~celery_leaderbeat.stores.redis.client_options`)
-        apply to the master connections; the Sentinels' own come from
-        ``sentinel_kwargs`` (redis-py gives them the socket timeouts when unset).
+        apply to the master connections; the Sentinels' own are their socket
+        timeouts under ``sentinel_kwargs`` (password, TLS of the Sentinels).
         """
         parsed = parse_sentinel_url(url)
         master_name, kwargs = sentinel_options(settings.redis_transport_options)
+        options = client_options(settings)
+        # The Sentinels keep the short timeouts too, under what sentinel_kwargs says:
+        # a Sentinel that stops answering must not hold a tick either.
+        timeouts = {k: v for k, v in options.items() if k.startswith("socket_")}
+        kwargs["sentinel_kwargs"] = {**timeouts, **kwargs.get("sentinel_kwargs", {})}
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
-            parsed.sentinels, **kwargs, **client_options(settings))
+            parsed.sentinels, **kwargs, **options)
         credentials = {key: value for key, value in (
             ("username", parsed.username), ("password", parsed.password)) if value}
         client = sentinel.master_for(  # type: ignore[no-untyped-call]
