@@ -25,9 +25,23 @@ seconds after it:
   the takeover publish is the takeover window: its runs were caught up.
 - takeover: seconds from the fault to the first publish by another replica
   (for faults of the store itself: from the store's return to the next publish,
-  and how long the store took to return, e.g. etcd electing a new Raft leader).
+  and how long the store took to return, e.g. etcd electing a new Raft leader;
+  for a failover of a replicated Redis, see below).
 - publishers/s: the most replicas that published within any one second.
 - exited: replicas whose process ended without being told to.
+
+Store failovers (``sentinel-*``, ``cluster-*``): the lease lives in a
+private Sentinel group (1 master, 2 replicas, 3 Sentinels) or Redis Cluster
+(3 masters, 3 replicas) and the broker in a plain private redis-server. The
+fault is the store's: kill -9 of the master (on a cluster the node is then
+restarted and rejoins as a replica), a manual switchover with the old master
+still serving, or (``sentinel-cut``) the master cut off from the Sentinels,
+its replicas and the other beats while the leader keeps reaching it
+directly. Takeover is then the end of the longest silence of the 1 s entry
+after the fault, against a bound of the store's failover time (measured in
+the trial: until a new master has a replica online) + TTL + retry + 1 s;
+"store s" is that failover time. ``--min-replicas 0`` turns the replica
+guard off (docs/redis-ha.md), to show what it prevents.
 
 Scenarios of the same batch run side by side (--parallel), each scheduler's
 trial of a scenario at the same moment. Usage::
@@ -35,6 +49,8 @@ trial of a scenario at the same moment. Usage::
     python benchmarks/failover.py                          # every scenario, 3 replicas
     python benchmarks/failover.py --scenarios kill,pause --replicas 5 --duration 30
     python benchmarks/failover.py --scheduler mypkg.MyScheduler --baseline none
+    python benchmarks/failover.py --scenarios sentinel-kill,sentinel-switchover,sentinel-cut,\
+        cluster-kill,cluster-switchover --min-replicas 0      # without the replica guard
 
 The exit status is 1 when the measured scheduler (not the baseline) misses a target.
 """
@@ -51,7 +67,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Callable
+from typing import Any, Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -64,8 +80,10 @@ from celery_leaderbeat.testing import (
     BeatCluster,
     EtcdCluster,
     Publish,
+    RedisClusterGroup,
     RedisServer,
     Replica,
+    SentinelGroup,
     TcpProxy,
     duplicate_runs,
     first_publish_by_another,
@@ -95,16 +113,22 @@ class Fault:
     at: float
     target: Replica | None = None
     store_back_at: float | None = None
+    #: Seconds the replicated store took to fail over (a new master with a replica online).
+    store_failover: float | None = None
 
 
 class Trial:
     """One scheduler under one scenario: a private Redis, K proxies to it, K replicas."""
 
     def __init__(self, scenario: Scenario, scheduler: str, replicas: int,
-                 timing: LeaseTiming, logs: str | None = None) -> None:
+                 timing: LeaseTiming, logs: str | None = None,
+                 min_replicas: int | None = None) -> None:
         self.scenario = scenario
         self.scheduler = scheduler
         self.timing = timing
+        self.min_replicas = min_replicas
+        self.sentinels: SentinelGroup | None = None
+        self.redis_cluster: RedisClusterGroup | None = None
         with contextlib.ExitStack() as stack:  # undone unless every part started
             self.redis = stack.enter_context(RedisServer())
             self.etcd: EtcdCluster | None = None
@@ -119,10 +143,21 @@ class Trial:
                 short = scheduler.replace(":", ".").rsplit(".", 1)[-1]
                 os.makedirs(logs, exist_ok=True)
                 directory = tempfile.mkdtemp(prefix=f"{scenario.name}-{short}-", dir=logs)
+            elector, conf, route = self.redis.url, {}, self._store_route
+            if min_replicas is not None:
+                conf["leaderbeat_redis_min_replicas"] = min_replicas
+            if scenario.store == "sentinel":
+                self.sentinels = stack.enter_context(
+                    SentinelGroup(proxied_master=scenario.name == "sentinel-cut"))
+                elector, route = self.sentinels.url, self._old_leader_route
+                conf["leaderbeat_redis_transport_options"] = self.sentinels.transport_options
+            elif scenario.store == "cluster":
+                self.redis_cluster = stack.enter_context(RedisClusterGroup())
+                elector, route = self.redis_cluster.url, None
             self.cluster = BeatCluster(
                 self.redis.url, replicas, scheduler=scheduler,
-                elector=self.etcd.url if self.etcd else self.redis.url,
-                timing=timing, directory=directory, replica_conf=self._store_route)
+                elector=self.etcd.url if self.etcd else elector,
+                timing=timing, directory=directory, replica_conf=route, conf=conf)
             stack.callback(self.cluster.close)
             self._stack = stack.pop_all()
         self.fault: Fault | None = None
@@ -136,13 +171,37 @@ class Trial:
             return {"leaderbeat_elector": "etcd://" + ",".join(members[first:] + members[:first])}
         return {"leaderbeat_elector": f"redis://127.0.0.1:{self.proxies[index - 1].port}/0"}
 
+    def _old_leader_route(self, index: int) -> dict[str, Any]:
+        """sentinel-cut: replica 1, the first leader, dials the first master directly
+        (with the replica guard of a Sentinel store), so the cut leaves it that master."""
+        if index != 1 or self.scenario.name != "sentinel-cut":
+            return {}
+        assert self.sentinels is not None
+        guard = 1 if self.min_replicas is None else self.min_replicas  # Sentinel's default
+        return {"leaderbeat_elector": self.sentinels.master_direct_url,
+                "leaderbeat_redis_min_replicas": guard}
+
+    @property
+    def lease_key(self) -> str:
+        return f"leaderbeat:{{{self.cluster.lease_name}}}:lease"
+
     @property
     def outage(self) -> float:
         """How long a pause or a cut lasts: longer than the lease."""
         return self.timing.ttl + 3.0
 
     def start(self) -> Trial:
-        self.cluster.start()
+        if self.scenario.name != "sentinel-cut":
+            self.cluster.start()
+            return self
+        # Replica 1 first, so that the leader is the one that keeps the old master.
+        self.cluster.recorder.start()
+        first, *others = self.cluster.replicas
+        first.start()
+        wait_for(lambda: self.cluster.leader_by_publishes() is first, 60,
+                 message="replica 1 leading")
+        for replica in others:
+            replica.start()
         return self
 
     def warm_up(self, timeout: float) -> None:
@@ -232,6 +291,48 @@ def kill_etcd_leader(trial: Trial, leader: Replica) -> Fault:
     return Fault(at, store_back_at=time.monotonic())
 
 
+def kill_sentinel_master(trial: Trial, leader: Replica) -> Fault:
+    assert trial.sentinels is not None
+    old, at = trial.sentinels.kill_master()
+    return Fault(at, store_failover=trial.sentinels.wait_failover(old, at))
+
+
+def sentinel_switchover(trial: Trial, leader: Replica) -> Fault:
+    assert trial.sentinels is not None
+    old, at = trial.sentinels.switchover()
+    return Fault(at, store_failover=trial.sentinels.wait_failover(old, at))
+
+
+def cut_sentinel_master(trial: Trial, leader: Replica) -> Fault:
+    """The first master and replica 1 (the leader) cut off from everything else."""
+    assert trial.sentinels is not None
+    old = trial.sentinels.master()
+    at = trial.sentinels.cut_master()
+    assert old is not None
+    failover = trial.sentinels.wait_failover(old, at)
+    time.sleep(max(0.0, at + trial.outage - time.monotonic()))
+    trial.sentinels.restore_master()  # the Sentinels then demote it
+    return Fault(at, store_failover=failover)
+
+
+def kill_cluster_master(trial: Trial, leader: Replica) -> Fault:
+    """kill -9 of the lease's master; restarted once its replica has taken over, so
+    that the shard has a replica again (as an orchestrator would restart it)."""
+    assert trial.redis_cluster is not None
+    old, at = trial.redis_cluster.kill_master_of(trial.lease_key)
+    trial.redis_cluster.wait_failover(trial.lease_key, old, at)
+    old.start()
+    failover = trial.redis_cluster.wait_failover(trial.lease_key, old, at, replicas=1)
+    return Fault(at, store_failover=failover)
+
+
+def cluster_switchover(trial: Trial, leader: Replica) -> Fault:
+    assert trial.redis_cluster is not None
+    old, at = trial.redis_cluster.switchover(trial.lease_key)
+    failover = trial.redis_cluster.wait_failover(trial.lease_key, old, at, replicas=1)
+    return Fault(at, store_failover=failover)
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -239,7 +340,8 @@ class Scenario:
     inject: Callable[[Trial, Replica], Fault]
     #: The takeover target for the given timing, if the issue sets one.
     bound: Callable[[LeaseTiming], float | None] = lambda timing: None
-    #: Where the lease lives: "redis" (the broker's redis-server) or "etcd" (3 members).
+    #: Where the lease lives: "redis" (the broker's redis-server), "etcd" (3 members),
+    #: "sentinel" or "cluster".
     store: str = "redis"
 
 
@@ -274,6 +376,21 @@ SCENARIOS = {s.name: s for s in [
              kill_etcd_leader, crash_bound, store="etcd"),
 ]}
 
+#: Failovers of a replicated store (takeover bound: the store's failover time + crash_bound).
+STORE_SCENARIOS = {s.name: s for s in [
+    Scenario("sentinel-kill", "Sentinel: kill -9 of the master", kill_sentinel_master,
+             crash_bound, "sentinel"),
+    Scenario("sentinel-switchover", "Sentinel: SENTINEL FAILOVER, old master serving",
+             sentinel_switchover, crash_bound, "sentinel"),
+    Scenario("sentinel-cut", "Sentinel: master and leader cut off from the rest for TTL + 3 s",
+             cut_sentinel_master, crash_bound, "sentinel"),
+    Scenario("cluster-kill", "Cluster: kill -9 of the lease's master, then restarted",
+             kill_cluster_master, crash_bound, "cluster"),
+    Scenario("cluster-switchover", "Cluster: CLUSTER FAILOVER on its replica",
+             cluster_switchover, crash_bound, "cluster"),
+]}
+ALL_SCENARIOS = {**SCENARIOS, **STORE_SCENARIOS}
+
 
 # -- judging what was published -------------------------------------------------------
 
@@ -298,6 +415,10 @@ class Outcome:
     error: str | None = None
     #: Faults of the store: seconds from the fault until the store was back.
     store_back: float | None = None
+    #: Store failovers: seconds until a new master had a replica online.
+    store_failover: float | None = None
+    #: Terms whose publishes came from more than one process (fencing tokens reused).
+    shared_terms: int = 0
 
     def misses(self) -> list[str]:
         """The targets this trial missed, in words; empty when it met all of them."""
@@ -313,6 +434,8 @@ class Outcome:
             found.append(f"takeover {took} over {self.bound:.1f}s")
         if self.exited:
             found.append(f"exited by itself: {', '.join(self.exited)}")
+        if self.shared_terms:
+            found.append(f"{self.shared_terms} term(s) published by two processes")
         return found
 
 
@@ -390,6 +513,19 @@ def most_publishers(publishes: Sequence[Publish]) -> int:
     return most
 
 
+def end_of_longest_silence(publishes: Sequence[Publish], since: float) -> Publish | None:
+    """The publish ending the longest stretch without one after ``since`` (the first
+    publish after it when no stretch is longer than an interval: nothing stopped)."""
+    later = [p for p in publishes if p.mono >= since]
+    best = later[0] if later else None
+    longest, last = INTERVAL * (1 + JITTER), since
+    for p in later:
+        if p.mono - last > longest:
+            best, longest = p, p.mono - last
+        last = p.mono
+    return best
+
+
 def judge(trial: Trial) -> Outcome:
     """Turn what the recorder saw during the trial's window into an Outcome."""
     name = trial.scenario.name
@@ -405,7 +541,10 @@ def judge(trial: Trial) -> Outcome:
     every_minute = [p for p in sent if p.task == EVERY_MINUTE]
 
     takeover_publish, took_from = None, fault.at
-    if fault.target is not None:
+    if fault.store_failover is not None:
+        bound = fault.store_failover + (bound or 0.0)
+        takeover_publish = end_of_longest_silence(every_second, fault.at)
+    elif fault.target is not None:
         takeover_publish = first_publish_by_another(sent, fault.at, fault.target.pids)
     elif fault.store_back_at is not None:
         took_from = fault.store_back_at
@@ -434,7 +573,18 @@ def judge(trial: Trial) -> Outcome:
         minutes_judged=len(judged_minutes(window_wall)),
         error=repr(trial.error) if trial.error else None,
         store_back=None if fault.store_back_at is None else fault.store_back_at - fault.at,
+        store_failover=fault.store_failover,
+        shared_terms=shared_terms(sent),
     )
+
+
+def shared_terms(publishes: Iterable[Publish]) -> int:
+    """Terms (fencing tokens) that more than one process published under."""
+    pids: dict[int, set[int | None]] = {}
+    for p in publishes:
+        if p.term is not None:
+            pids.setdefault(p.term, set()).add(p.pid)
+    return sum(1 for sent_by in pids.values() if len(sent_by) > 1)
 
 
 # -- running batches of trials ---------------------------------------------------------
@@ -448,13 +598,14 @@ def next_fault_time(earliest: float, lead: float = FAULT_LEAD) -> float:
 def run_batch(scenarios: Sequence[Scenario], schedulers: Sequence[str], replicas: int,
               timing: LeaseTiming, duration: float, logs: str | None = None,
               on_trial: Callable[[Trial], None] | None = None,
-              lead: float = FAULT_LEAD) -> list[Outcome]:
+              lead: float = FAULT_LEAD, min_replicas: int | None = None) -> list[Outcome]:
     """Run every scheduler under every scenario at once, faults at one shared moment."""
     trials: list[Trial] = []
     try:
         for scenario in scenarios:
             for scheduler in schedulers:
-                trials.append(Trial(scenario, scheduler, replicas, timing, logs).start())
+                trials.append(Trial(scenario, scheduler, replicas, timing, logs,
+                                    min_replicas).start())
         for trial in trials:
             trial.warm_up(90)
         fault_wall = next_fault_time(time.time() + PRE_FAULT + 1.0, lead)
@@ -492,11 +643,13 @@ def row(outcome: Outcome) -> list[str]:
         takeover,
         str(outcome.most_publishers),
         ", ".join(outcome.exited) or "no",
+        "-" if outcome.store_failover is None else f"{outcome.store_failover:.2f}",
+        str(outcome.shared_terms),
     ]
 
 
 HEADERS = ["scenario", "scheduler", "published", "duplicates", "missed", "takeover s",
-           "publishers/s", "exited by itself"]
+           "publishers/s", "exited by itself", "store s", "shared terms"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -506,7 +659,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_parser.add_argument("--baseline", default=PLAIN_SCHEDULER,
                              help="scheduler run alongside for comparison, or 'none'")
     args_parser.add_argument("--scenarios", default=",".join(SCENARIOS),
-                             help=f"comma-separated, from: {', '.join(SCENARIOS)}")
+                             help=f"comma-separated, from: {', '.join(ALL_SCENARIOS)}")
+    args_parser.add_argument("--min-replicas", type=int, default=None,
+                             help="leaderbeat_redis_min_replicas of every replica (default: "
+                             "the store's; 0 turns the replica guard off)")
     args_parser.add_argument("--replicas", type=int, default=3)
     args_parser.add_argument("--duration", type=float, default=20.0,
                              help="seconds judged after each fault (default 20)")
@@ -519,9 +675,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = args_parser.parse_args(argv)
 
     names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
-    unknown = [n for n in names if n not in SCENARIOS]
+    unknown = [n for n in names if n not in ALL_SCENARIOS]
     if unknown:
-        args_parser.error(f"unknown scenario(s) {unknown}; known: {', '.join(SCENARIOS)}")
+        args_parser.error(f"unknown scenario(s) {unknown}; known: {', '.join(ALL_SCENARIOS)}")
     if args.duration < args.lead + CRON_GRACE:
         args_parser.error(f"--duration must be at least {args.lead + CRON_GRACE:.0f}s, "
                           "so the minute boundary after the fault is judged")
@@ -537,13 +693,13 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{PRE_FAULT:.0f}s before each fault to {args.duration:.0f}s after; faults "
           f"{args.lead:g}s before a minute boundary.\n", flush=True)
 
-    scenarios = [SCENARIOS[n] for n in names]
+    scenarios = [ALL_SCENARIOS[n] for n in names]
     outcomes: list[Outcome] = []
     for i in range(0, len(scenarios), max(1, args.parallel)):
         batch = scenarios[i:i + max(1, args.parallel)]
         print(f"(running {', '.join(s.name for s in batch)})", file=sys.stderr, flush=True)
         outcomes += run_batch(batch, schedulers, args.replicas, timing, args.duration,
-                              args.logs, lead=args.lead)
+                              args.logs, lead=args.lead, min_replicas=args.min_replicas)
 
     print_table(HEADERS, [row(o) for o in outcomes])
     failed = False

@@ -58,6 +58,7 @@ ENTRY_POINT_GROUP = "celery_leaderbeat.stores"
 _REDIS = ("celery_leaderbeat.stores.redis:RedisLeaseStore", "redis")
 _SQL = ("celery_leaderbeat.stores.sql:SqlLeaseStore", "sql")
 _ETCD = ("celery_leaderbeat.stores.etcd:EtcdLeaseStore", "etcd")
+_REDIS_CLUSTER = ("celery_leaderbeat.stores.redis_cluster:RedisClusterLeaseStore", "redis")
 
 #: URL scheme -> (the store class, the pip extra its dependencies come with).
 #: Every store here gives fenced dispatch and shared run history; ``static``
@@ -68,6 +69,9 @@ STORES: dict[str, tuple[str, str | None]] = {
     "rediss": _REDIS,
     "unix": _REDIS,
     "redis+socket": _REDIS,
+    "sentinel": ("celery_leaderbeat.stores.redis_sentinel:RedisSentinelLeaseStore", "redis"),
+    "redis+cluster": _REDIS_CLUSTER,
+    "rediss+cluster": _REDIS_CLUSTER,
     "file": ("celery_leaderbeat.stores.file:FileLeaseStore", None),
     "postgresql": _SQL,
     "postgres": _SQL,
@@ -115,6 +119,10 @@ def build_store(scheme: str, url: str, settings: LeaderSettings) -> LeaseStore:
 
 STATIC_ROLES = {"leader": True, "standby": False}
 
+#: Broker URL schemes whose server also keeps the lease when leaderbeat_elector is
+#: unset (kombu's Redis transport: a single Redis, or the master its Sentinels name).
+BROKER_STORES = ("redis", "rediss", "redis+socket", "sentinel")
+
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 
 
@@ -133,7 +141,7 @@ def choose_elector(settings: LeaderSettings, default: str | None = None) -> Elec
     if value is None:
         broker = settings.broker_url or ""
         scheme = _scheme_of(broker)
-        if scheme in ("redis", "rediss", "redis+socket"):
+        if scheme in BROKER_STORES:
             return ElectorChoice(_lease(build_store(scheme, broker, settings), settings),
                                  implicit=True)
         path = default_file_path(settings.lease_name)

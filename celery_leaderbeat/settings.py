@@ -43,10 +43,12 @@ SETTINGS = {
         Setting(
             "leaderbeat_elector",
             None,
-            "a URL (redis://, rediss://, unix://, etcd://, file:///path, static://leader, ...), "
+            "a URL (redis://, rediss://, unix://, sentinel://, redis+cluster://, etcd://, "
+            "file:///path, static://leader, ...), "
             "a dotted path to an elector class or object, an elector instance, or a callable",
-            "Where leadership is decided. Unset: the broker's Redis when the broker is "
-            "Redis, otherwise a file lock in the temporary directory (one host only).",
+            "Where leadership is decided. Unset: the broker's Redis (or its Sentinels) when "
+            "the broker is Redis, otherwise a file lock in the temporary directory (one host "
+            "only).",
         ),
         Setting(
             "leaderbeat_lease_name",
@@ -85,7 +87,25 @@ SETTINGS = {
             "leaderbeat_redis_options",
             None,
             "a dict of redis.Redis keyword arguments",
-            "Options for the Redis client (timeouts, TLS certificates, ...).",
+            "Options for the Redis client (timeouts, TLS certificates, ...); for sentinel:// "
+            "and redis+cluster://, of the connections to the Redis nodes.",
+        ),
+        Setting(
+            "leaderbeat_redis_transport_options",
+            None,
+            "a dict with 'master_name' (a non-empty string) and optionally 'sentinel_kwargs' "
+            "(a dict) and 'min_other_sentinels' (an int), as kombu's transport options",
+            "sentinel:// electors: the master's name and how to reach the Sentinels "
+            "(their password, TLS). Unset: the broker's broker_transport_options.",
+        ),
+        Setting(
+            "leaderbeat_redis_min_replicas",
+            None,
+            "a whole number >= 0",
+            "Redis electors: a term starts only while at least this many replicas are "
+            "online; every claim and new term then waits until all the replicas online when "
+            "the term began hold it, and a replica lost ends the term (docs/redis-ha.md). "
+            "Default: 1 for sentinel:// and redis+cluster://, 0 (no waiting) for redis://.",
         ),
         Setting(
             "leaderbeat_etcd_options",
@@ -195,6 +215,10 @@ class LeaderSettings:
     broker_transport_options: dict[str, Any] = field(default_factory=dict)
     etcd_options: dict[str, Any] = field(default_factory=dict)
     push: bool = True
+    #: sentinel:// options (master_name, sentinel_kwargs, ...): leaderbeat's, or the broker's.
+    redis_transport_options: dict[str, Any] = field(default_factory=dict)
+    #: None: the store's default (see leaderbeat_redis_min_replicas).
+    redis_min_replicas: int | None = None
 
     @classmethod
     def from_app(cls, app: Any, identity: Callable[[], str] | None = None) -> LeaderSettings:
@@ -249,6 +273,17 @@ class LeaderSettings:
             push = SETTINGS["leaderbeat_push"].default
         if not isinstance(push, bool):
             improperly_configured("leaderbeat_push", f"got {push!r}")
+        redis_transport_options = conf.get("leaderbeat_redis_transport_options")
+        if redis_transport_options is None:
+            redis_transport_options = transport_options
+        if not isinstance(redis_transport_options, Mapping):
+            improperly_configured("leaderbeat_redis_transport_options",
+                                  f"got {redis_transport_options!r}")
+
+        min_replicas = conf.get("leaderbeat_redis_min_replicas")
+        if min_replicas is not None and (isinstance(min_replicas, bool) or not isinstance(
+                min_replicas, int) or min_replicas < 0):
+            improperly_configured("leaderbeat_redis_min_replicas", f"got {min_replicas!r}")
 
         return cls(
             elector=conf.get("leaderbeat_elector"),
@@ -265,6 +300,8 @@ class LeaderSettings:
             sql_engine_options=dict(sql_engine_options),
             etcd_options=dict(etcd_options),
             push=push,
+            redis_transport_options=dict(redis_transport_options),
+            redis_min_replicas=min_replicas,
         )
 
 
@@ -282,10 +319,17 @@ def first_url(value: Any) -> str | None:
     """The first URL of a Celery failover list (``"a;b"``, a list or a tuple), or None.
 
     A lease lives in one place: a store never moves to the list's other URLs
-    (see :mod:`celery_leaderbeat.stores.redis_options`).
+    (see :mod:`celery_leaderbeat.stores.redis_options`). A list of
+    ``sentinel://`` URLs is one broker (kombu asks each Sentinel in turn), so
+    it is kept whole, ``;``-separated.
     """
-    if isinstance(value, (list, tuple)):
-        value = value[0] if value else None
     if isinstance(value, str):
-        return value.split(";")[0].strip() or None
-    return None
+        value = value.split(";")
+    if not isinstance(value, (list, tuple)):
+        return None
+    urls = [str(url).strip() for url in value if str(url).strip()]
+    if not urls:
+        return None
+    if urls[0].lower().startswith("sentinel://"):
+        return ";".join(url for url in urls if url.lower().startswith("sentinel://"))
+    return urls[0]

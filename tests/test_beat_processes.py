@@ -117,3 +117,27 @@ def test_another_replica_takes_over_and_the_stopped_one_returns_as_standby(
     assert leader.running
     assert not cluster.exited_by_themselves()
     assert_each_run_published_once(cluster.recorder.publishes())
+
+
+def test_a_sentinel_broker_is_also_the_lease_store_of_real_beats(lease_name: str) -> None:
+    """No leaderbeat_elector, a sentinel:// broker with its master's name in
+    broker_transport_options: the replicas lead through those Sentinels (not a file
+    lock), one at a time, and a graceful stop hands over as on a plain Redis."""
+    from celery_leaderbeat.stores.redis_sentinel import RedisSentinelLeaseStore
+    from celery_leaderbeat.testing import SentinelGroup
+
+    with SentinelGroup(master_name="broker") as group, BeatCluster(
+            group.url, 3, lease_name=lease_name, queue=lease_name,
+            transport_options=group.transport_options) as beats:
+        leader = beats.wait_for_leader(timeout=30)
+        assert isinstance(beats.lease_store(), RedisSentinelLeaseStore)
+        assert beats.leader_by_lease() is leader
+        assert "sentinel://127.0.0.1" in leader.log() and "(default)" in leader.log()
+        stopped_at = leader.terminate()
+        leader.wait_exit(15)
+        wait_for(lambda: first_publish_by_another(beats.recorder.publishes(), stopped_at,
+                                                  leader.pids), GRACEFUL_BOUND + 3)
+        taker = first_publish_by_another(beats.recorder.publishes(), stopped_at, leader.pids)
+        assert taker is not None and taker.mono - stopped_at <= GRACEFUL_BOUND
+        observe(beats, 2)
+        assert_each_run_published_once(beats.recorder.publishes())

@@ -1,7 +1,11 @@
-"""The Redis lease store against a real, private redis-server.
+"""The Redis lease store against a real, private redis-server, Sentinel group and cluster.
 
-Tests that stop, restart or pause Redis start a server of their own, so the
-session's server (and the shared one on 6379) are never disturbed.
+Tests of the store's operations run on each of ``redis://`` (one server),
+``sentinel://`` (1 master, 2 replicas, 3 Sentinels) and ``redis+cluster://``
+(3 masters, 3 replicas), each started once per session: the scripts, the
+replica guard and the registry are the same, the clients differ. Tests that
+stop, restart or pause Redis start a server of their own, so the session's
+servers (and the shared one on 6379) are never disturbed.
 """
 
 from __future__ import annotations
@@ -22,9 +26,41 @@ from celery_leaderbeat.lease import (
 )
 from celery_leaderbeat.registry import LEADER, STANDBY
 from celery_leaderbeat.stores.redis import RedisLeaseStore
-from celery_leaderbeat.testing import RedisServer, redis_store, replica_record, wait_for
+from celery_leaderbeat.testing import (
+    RedisClusterGroup,
+    RedisServer,
+    SentinelGroup,
+    redis_store,
+    replica_record,
+    wait_for,
+)
 
 FAST = LeaseTiming(ttl=2.0, renew_interval=0.5, retry_interval=0.2)
+#: The sentinel:// options of every store here (other stores ignore them).
+MASTER = {"master_name": "leaderbeat"}
+
+
+@pytest.fixture(scope="session")
+def sentinel_group() -> Iterator[SentinelGroup]:
+    """A Sentinel group for the session's store tests (never faulted)."""
+    with SentinelGroup(master_name=MASTER["master_name"]) as group:
+        yield group
+
+
+@pytest.fixture(scope="session")
+def cluster_group() -> Iterator[RedisClusterGroup]:
+    """A Redis Cluster for the session's store tests (never faulted)."""
+    with RedisClusterGroup() as group:
+        yield group
+
+
+@pytest.fixture(params=["redis", "sentinel", "cluster"])
+def store_url(request: pytest.FixtureRequest, redis_server: RedisServer) -> str:
+    """The URL of one store of each kind: a plain server, a Sentinel group, a cluster."""
+    if request.param == "redis":
+        return redis_server.url
+    group = request.getfixturevalue(f"{request.param}_group")
+    return str(group.url)
 
 
 @pytest.fixture
@@ -35,7 +71,7 @@ def own_server() -> Iterator[RedisServer]:
 
 
 def store_on(url: str, name: str, **options: object) -> RedisLeaseStore:
-    return redis_store(url, name, **options)
+    return redis_store(url, name, transport_options=MASTER, **options)
 
 
 def elector_on(url: str, name: str, identity: str, timing: LeaseTiming = FAST,
@@ -59,10 +95,10 @@ def leader_and_standby(url: str, name: str) -> tuple[LeaseElector, LeaseElector]
     return a, b
 
 
-def test_two_electors_on_one_key_only_one_leads(redis_server: RedisServer,
+def test_two_electors_on_one_key_only_one_leads(store_url: str,
                                                 lease_name: str) -> None:
-    a = elector_on(redis_server.url, lease_name, "a")
-    b = elector_on(redis_server.url, lease_name, "b")
+    a = elector_on(store_url, lease_name, "a")
+    b = elector_on(store_url, lease_name, "b")
     answers = []
     deadline = time.monotonic() + 1.5  # spans renewals and standby attempts
     while time.monotonic() < deadline:
@@ -75,9 +111,9 @@ def test_two_electors_on_one_key_only_one_leads(redis_server: RedisServer,
     assert caught.value.term == a.term
 
 
-def test_release_hands_over_within_the_standby_retry(redis_server: RedisServer,
+def test_release_hands_over_within_the_standby_retry(store_url: str,
                                                      lease_name: str) -> None:
-    a, b = leader_and_standby(redis_server.url, lease_name)
+    a, b = leader_and_standby(store_url, lease_name)
     first_term = a.term
     released_at = time.monotonic()
     a.release()
@@ -89,10 +125,10 @@ def test_release_hands_over_within_the_standby_retry(redis_server: RedisServer,
 
 
 def test_term_increases_with_every_acquisition_and_survives_expiry(
-        redis_server: RedisServer, lease_name: str) -> None:
+        store_url: str, lease_name: str) -> None:
     short = LeaseTiming(ttl=0.3, renew_interval=0.1, retry_interval=0.05)
-    a = elector_on(redis_server.url, lease_name, "a", short)
-    b = elector_on(redis_server.url, lease_name, "b", short)
+    a = elector_on(store_url, lease_name, "a", short)
+    b = elector_on(store_url, lease_name, "b", short)
     terms: list[int] = []
     for candidate in (a, b, a):
         wait_for(lambda c=candidate: leads(c), timeout=5)  # type: ignore[misc]
@@ -104,8 +140,8 @@ def test_term_increases_with_every_acquisition_and_survives_expiry(
 
 
 def test_claims_by_a_stale_term_or_owner_are_refused_and_write_nothing(
-        redis_server: RedisServer, lease_name: str) -> None:
-    store = store_on(redis_server.url, lease_name)
+        store_url: str, lease_name: str) -> None:
+    store = store_on(store_url, lease_name)
     a = LeaseElector(store, identity="a", timing=FAST)
     assert leads(a)
     term = a.term
@@ -117,9 +153,9 @@ def test_claims_by_a_stale_term_or_owner_are_refused_and_write_nothing(
     assert store.load_history() == {"every-second": "r1"}
 
 
-def test_forget_drops_records_only_for_the_lease_holder(redis_server: RedisServer,
+def test_forget_drops_records_only_for_the_lease_holder(store_url: str,
                                                        lease_name: str) -> None:
-    store = store_on(redis_server.url, lease_name)
+    store = store_on(store_url, lease_name)
     a = LeaseElector(store, identity="a", timing=FAST)
     assert leads(a)
     term = a.term
@@ -132,9 +168,9 @@ def test_forget_drops_records_only_for_the_lease_holder(redis_server: RedisServe
 
 
 @pytest.mark.parametrize("decode_responses", [False, True])
-def test_read_shows_the_lease_as_plain_data(redis_server: RedisServer, lease_name: str,
+def test_read_shows_the_lease_as_plain_data(store_url: str, lease_name: str,
                                             decode_responses: bool) -> None:
-    url = redis_server.url
+    url = store_url
     a = elector_on(url, lease_name, "a", decode_responses=decode_responses)
     b = elector_on(url, lease_name, "b", decode_responses=decode_responses)
     store = store_on(url, lease_name, decode_responses=decode_responses)
@@ -234,8 +270,8 @@ def _roles(store: RedisLeaseStore) -> dict[str, tuple[str, int | None]]:
 
 
 def test_acquire_and_renew_write_heartbeats_in_the_role_they_leave(
-        redis_server: RedisServer, lease_name: str) -> None:
-    store = store_on(redis_server.url, lease_name)
+        store_url: str, lease_name: str) -> None:
+    store = store_on(store_url, lease_name)
     won = store.acquire("owner-a", "a", 5, beat=replica_record("a"))
     lost = store.acquire("owner-b", "b", 5, beat=replica_record("b"))
     store.acquire("owner-c", "c", 5, beat=replica_record("c", expires_in=0.5))
@@ -250,8 +286,8 @@ def test_acquire_and_renew_write_heartbeats_in_the_role_they_leave(
 
 
 def test_without_take_a_free_lease_is_reported_free_and_left_alone(
-        redis_server: RedisServer, lease_name: str) -> None:
-    store = store_on(redis_server.url, lease_name)
+        store_url: str, lease_name: str) -> None:
+    store = store_on(store_url, lease_name)
     free = store.acquire("owner-a", "a", 5, take=False, beat=replica_record("a"))
     assert not free.acquired and free.lease.holder is None
     assert store.read() is None and _roles(store) == {"a": (STANDBY, None)}
@@ -261,8 +297,8 @@ def test_without_take_a_free_lease_is_reported_free_and_left_alone(
 
 
 def test_a_step_down_request_releases_at_the_renewal_of_its_term_once(
-        redis_server: RedisServer, lease_name: str) -> None:
-    store = store_on(redis_server.url, lease_name)
+        store_url: str, lease_name: str) -> None:
+    store = store_on(store_url, lease_name)
     first = store.acquire("owner-a", "a", 5, beat=replica_record("a")).lease.term
     asked = store.request_step_down()
     assert asked is not None and (asked.holder, asked.term) == ("a", first)
@@ -276,3 +312,18 @@ def test_a_step_down_request_releases_at_the_renewal_of_its_term_once(
     assert store.renew("owner-b", second.lease.term, 5) is Renewal.RENEWED
     assert store.request_step_down() is not None
     assert store.renew("owner-b", second.lease.term, 5) is Renewal.STEPPED_DOWN
+
+
+def test_a_cluster_store_starts_while_no_node_answers_and_connects_later(
+        lease_name: str) -> None:
+    """As every store connects lazily: beat starts, and leads once the cluster answers."""
+    group = RedisClusterGroup()  # its ports are chosen, nothing listens yet
+    try:
+        store = store_on(group.url, lease_name)
+        with pytest.raises(StoreUnavailable):
+            store.acquire("owner-a", "a", 5)
+        group.start()
+        assert wait_for(lambda: store.acquire("owner-a", "a", 5).acquired, 10)
+        store.close()
+    finally:
+        group.close()

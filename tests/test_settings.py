@@ -77,7 +77,69 @@ BAD = [
     ("leaderbeat_catch_up", True, "got True"),
     ("leaderbeat_redis_options", "socket_timeout=1", "got 'socket_timeout=1'"),
     ("leaderbeat_redis_options", [("socket_timeout", 1)], "got [("),
+    ("leaderbeat_redis_min_replicas", -1, "got -1"),
+    ("leaderbeat_redis_min_replicas", "1", "got '1'"),
+    ("leaderbeat_redis_min_replicas", True, "got True"),
+    ("leaderbeat_redis_transport_options", "mymaster", "got 'mymaster'"),
 ]
+
+#: A sentinel:// or cluster URL the store cannot honour: (setting, elector, options, problem).
+BAD_HA = [
+    ("leaderbeat_redis_transport_options", "sentinel://127.0.0.1:26379", None,
+     "needs the master's name"),
+    ("leaderbeat_redis_transport_options", "sentinel://127.0.0.1:26379", {"master_name": ""},
+     "needs the master's name"),
+    ("leaderbeat_redis_transport_options", "sentinel://127.0.0.1:26379",
+     {"master_name": "m", "sentinel_kwargs": "pw"}, "sentinel_kwargs: got 'pw'"),
+    ("leaderbeat_redis_transport_options", "sentinel://127.0.0.1:26379",
+     {"master_name": "m", "min_other_sentinels": -1}, "min_other_sentinels: got -1"),
+    ("leaderbeat_elector", "sentinel://127.0.0.1:26379;redis://127.0.0.1:6379",
+     {"master_name": "m"}, "is not a sentinel://host[:port][/db] URL"),
+    ("leaderbeat_elector", "sentinel://127.0.0.1:26379/1;sentinel://127.0.0.1:26380/2",
+     {"master_name": "m"}, "disagree on the db"),
+    ("leaderbeat_elector", "sentinel://127.0.0.1:26379/zero", {"master_name": "m"},
+     "is not a number"),
+    ("leaderbeat_elector", "redis+cluster://127.0.0.1", None, "is not host:port"),
+    ("leaderbeat_elector", "redis+cluster://127.0.0.1:7000/3", None, "database 0 only"),
+]
+
+
+@pytest.mark.parametrize(("key", "elector", "options", "problem"), BAD_HA)
+def test_a_sentinel_or_cluster_url_it_cannot_honour_names_the_setting(
+        build: Callable[..., LeaderScheduler], key: str, elector: str, options: Any,
+        problem: str) -> None:
+    conf = {"leaderbeat_elector": elector}
+    if options is not None:
+        conf["leaderbeat_redis_transport_options"] = options
+    with pytest.raises(ImproperlyConfigured) as caught:
+        build(**conf)
+    message = str(caught.value)
+    assert message.startswith(key) and problem in message and "expected" in message
+
+
+def test_a_sentinel_broker_without_master_name_names_both_places(
+        build: Callable[..., LeaderScheduler]) -> None:
+    with pytest.raises(ImproperlyConfigured, match="broker_transport_options"):
+        build(broker_url="sentinel://127.0.0.1:26379;sentinel://127.0.0.1:26380")
+
+
+def test_sentinel_and_cluster_passwords_never_reach_the_banner(
+        build: Callable[..., LeaderScheduler]) -> None:
+    sentinel = build(lazy=False, leaderbeat_elector=(
+        "sentinel://:s3cret-pw@127.0.0.1:26379;sentinel://:s3cret-pw@127.0.0.1:26380/2"),
+        leaderbeat_redis_transport_options={"master_name": "beat"})
+    assert "s3cret-pw" not in sentinel.info and "127.0.0.1:26380" in sentinel.info
+    assert "'beat'" in sentinel.info
+    store = sentinel.elector.store  # type: ignore[attr-defined]
+    assert store.client.connection_pool.connection_kwargs["password"] == "s3cret-pw"
+    assert store.client.connection_pool.connection_kwargs["db"] == 2
+    assert [s.connection_pool.connection_kwargs["port"] for s in store.sentinel.sentinels] == [
+        26379, 26380]
+    sentinel.close()
+    from celery_leaderbeat.stores.redis_cluster import sanitize_cluster_url
+
+    masked = sanitize_cluster_url("rediss+cluster://beat:s3cret-pw@h1:7000,h2:7001")
+    assert masked == "rediss+cluster://beat:**@h1:7000,h2:7001"
 
 
 @pytest.mark.parametrize(("key", "value", "problem"), BAD)
@@ -150,6 +212,30 @@ def test_default_elector_is_the_brokers_redis(build: Callable[..., LeaderSchedul
     scheduler.close()
 
 
+def test_default_elector_is_the_brokers_sentinels(
+        build: Callable[..., LeaderScheduler], lease_name: str) -> None:
+    from celery_leaderbeat.stores.redis_sentinel import RedisSentinelLeaseStore
+    from celery_leaderbeat.testing import SentinelGroup
+
+    with SentinelGroup(master_name="brokers-master") as group:
+        scheduler = build(lazy=False, broker_url=group.url,
+                          broker_transport_options={"master_name": "brokers-master",
+                                                    "visibility_timeout": 3600})
+        elector = scheduler.elector
+        assert isinstance(elector, LeaseElector)
+        assert isinstance(elector.store, RedisSentinelLeaseStore)  # not a file lock
+        assert len(elector.store.sentinel.sentinels) == 3  # every Sentinel of the broker URL
+        assert elector.store.min_replicas == 1
+        assert "(default)" in scheduler.info
+        scheduler.tick()
+        assert scheduler.is_leader
+        master = group.master()
+        assert master is not None
+        assert master.client().hget(f"leaderbeat:{{{lease_name}}}:lease", "term") == str(
+            scheduler.term).encode()
+        scheduler.close()
+
+
 @pytest.mark.parametrize("broker", ["memory://", "amqp://guest:guest@127.0.0.1:5672//"])
 def test_default_elector_is_a_file_lock_otherwise_with_a_warning(
         tmp_path: Path, lease_name: str, broker: str, caplog: pytest.LogCaptureFixture) -> None:
@@ -193,3 +279,14 @@ def test_passwords_never_reach_the_banner_or_the_log(
     assert "s3cret-pw" not in caplog.text
     assert "s3cret-pw" not in repr(scheduler.elector)
     scheduler.close()
+
+
+def test_the_sentinels_keep_the_short_timeouts_under_sentinel_kwargs(
+        build: Callable[..., LeaderScheduler]) -> None:
+    scheduler = build(leaderbeat_elector="sentinel://127.0.0.1:26379",
+                      leaderbeat_redis_transport_options={
+                          "master_name": "beat", "sentinel_kwargs": {"password": "s-pw"}})
+    store = scheduler.elector.store  # type: ignore[attr-defined]
+    sentinel = store.sentinel.sentinels[0].connection_pool.connection_kwargs
+    assert (sentinel["password"], sentinel["socket_timeout"]) == ("s-pw", 1.0)
+    assert store.client.connection_pool.connection_kwargs["socket_timeout"] == 1.0

@@ -18,11 +18,23 @@ that missed the last writes) loses the lease and history with it. Terms
 survive that: a missing counter is seeded from the Redis clock in seconds,
 which is above any earlier term unless leadership changed hands more than
 once a second on average since the counter was first seeded.
+
+Replicated Redis (Sentinel, Cluster, a primary with replicas): with
+``min_replicas`` above 0 a term starts only while that many replicas are
+online, and records how many were (``replicas`` in the lease hash, raised
+when more come online). A new term and every claim then count only once
+``WAIT`` says all of those replicas hold them (so a replica promoted while
+the old master still serves has them); and fewer online ends the term,
+whose lease is left to expire, so that the next term starts with the
+replicas then online. Why and what that guarantees: ``docs/redis-ha.md``. Sentinel
+and Cluster clients are built in ``redis_sentinel.py`` and ``redis_cluster.py``;
+the scripts and the store are shared.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
@@ -36,13 +48,19 @@ from redis.retry import Retry
 
 from ..lease import Acquisition, LeaseRecord, Renewal, StoreMisconfigured, StoreUnavailable
 from ..registry import STEP_DOWN_TTL, ReplicaRecord, StepDownRequest, sort_replicas
-from .redis_options import client_options, setting_of
+from .redis_options import broker_connection_options, client_options, setting_of
 from .redis_watch import RedisReleaseWatch
 
 if TYPE_CHECKING:
     from ..settings import LeaderSettings
 
-__all__ = ["RedisLeaseStore"]
+__all__ = ["REPLICA_WAIT", "RedisLeaseStore", "connection_options", "store_error"]
+
+logger = logging.getLogger("celery.beat.leaderbeat")
+
+#: Seconds a new term or a claim waits for its replicas (``WAIT``) before it is
+#: judged unconfirmed: well under the client's 1 s socket timeout and the TTL.
+REPLICA_WAIT = 0.5
 
 #: Client options unless the user's ``leaderbeat_redis_options`` say otherwise.
 #: Short timeouts and no hidden retries: a stalled call must never hold a
@@ -74,20 +92,56 @@ local function beat(replicas, expiry, identity, role, term, record, ttl_ms)
 end
 """
 
+# How many replicas of this master are online (INFO replication), for the
+# replica guard of replicated stores (see the module docstring).
+ONLINE = """
+local function online_replicas()
+  local n = 0
+  for _ in string.gmatch(redis.call('INFO', 'replication'), 'slave%d+:[^\\r\\n]*state=online') do
+    n = n + 1
+  end
+  return n
+end
+"""
+
 # KEYS: lease, meta, replicas, expiry. ARGV: owner, identity, ttl_ms, take (1|0),
-# heartbeat record ('' for none), its ttl_ms.
-# Returns {acquired (1|0), term, identity of the holder ('' for nobody),
-# the lease's remaining ms (PTTL: negative for nobody)}.
-ACQUIRE = BEAT + """
-local held = redis.call('HMGET', KEYS[1], 'owner', 'term', 'identity')
+# heartbeat record ('' for none), its ttl_ms, min_replicas.
+# Returns {outcome, term, identity of the holder ('' for nobody), replicas, the
+# lease's remaining ms (PTTL: negative for nobody)}: outcome 1
+# acquired (a new term, or ours already) and then ``replicas`` must hold it; 0 held by
+# another (or free, with take 0); -1 ours, but a replica online at the term's start is
+# gone, so the lease is left to expire; -2 free, but only ``replicas`` are online, fewer
+# than min_replicas, so no term starts.
+ACQUIRE = BEAT + ONLINE + """
+local held = redis.call('HMGET', KEYS[1], 'owner', 'term', 'identity', 'replicas')
 if held[1] == ARGV[1] then
+  local replicas = tonumber(held[4] or '0')
+  if replicas > 0 then
+    local online = online_replicas()
+    if online < replicas then
+      beat(KEYS[3], KEYS[4], ARGV[2], 'standby', '-', ARGV[5], ARGV[6])
+      return {-1, held[2], held[3], online, redis.call('PTTL', KEYS[1])}
+    end
+    if online > replicas then
+      replicas = online
+      redis.call('HSET', KEYS[1], 'replicas', replicas)
+    end
+  end
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
   beat(KEYS[3], KEYS[4], ARGV[2], 'leader', held[2], ARGV[5], ARGV[6])
-  return {1, held[2], held[3], tonumber(ARGV[3])}
+  return {1, held[2], held[3], replicas, tonumber(ARGV[3])}
 end
 if held[1] or ARGV[4] ~= '1' then
   beat(KEYS[3], KEYS[4], ARGV[2], 'standby', '-', ARGV[5], ARGV[6])
-  return {0, held[2] or '0', held[3] or '', redis.call('PTTL', KEYS[1])}
+  return {0, held[2] or '0', held[3] or '', 0, redis.call('PTTL', KEYS[1])}
+end
+local replicas = 0
+if tonumber(ARGV[7]) > 0 then
+  replicas = online_replicas()
+  if replicas < tonumber(ARGV[7]) then
+    beat(KEYS[3], KEYS[4], ARGV[2], 'standby', '-', ARGV[5], ARGV[6])
+    return {-2, '0', '', replicas, -2}
+  end
 end
 local term = redis.call('HINCRBY', KEYS[2], 'term', 1)
 if term == 1 then
@@ -103,23 +157,35 @@ end
 local t = redis.call('TIME')
 local now = t[1] .. '.' .. string.format('%06d', t[2])
 redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'identity', ARGV[2], 'term', term,
-           'acquired_at', now, 'renewed_at', now)
+           'acquired_at', now, 'renewed_at', now, 'replicas', replicas)
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 beat(KEYS[3], KEYS[4], ARGV[2], 'leader', tostring(term), ARGV[5], ARGV[6])
-return {1, tostring(term), ARGV[2], tonumber(ARGV[3])}
+return {1, tostring(term), ARGV[2], replicas, tonumber(ARGV[3])}
 """
 
 # The guard every fenced script starts with. KEYS[1]: lease. ARGV[1]: owner, ARGV[2]: term.
-OWNS = """
-local held = redis.call('HMGET', KEYS[1], 'owner', 'term')
+# Returns 0 if the lease is not ours, -1 if fewer replicas are online than when the term
+# began (one may have been promoted while this master still serves). Leaves ``replicas``:
+# how many replicas must hold what the script writes (raised when more are online).
+OWNS = ONLINE + """
+local held = redis.call('HMGET', KEYS[1], 'owner', 'term', 'replicas')
 if held[1] ~= ARGV[1] or held[2] ~= ARGV[2] then return 0 end
+local replicas = tonumber(held[3] or '0')
+if replicas > 0 then
+  local online = online_replicas()
+  if online < replicas then return -1 end
+  if online > replicas then
+    replicas = online
+    redis.call('HSET', KEYS[1], 'replicas', replicas)
+  end
+end
 """
 
 # KEYS: lease, step_down, replicas, expiry. ARGV: owner, term, ttl_ms, identity,
 # heartbeat record ('' for none), its ttl_ms, release channel. Returns 1 if
-# renewed, 0 if not ours, 2 if a step-down was requested for this term: then
-# the lease is released (and the release published) and the request cleared,
-# so it is seen once.
+# renewed, 0 if not ours, -1 if a replica was lost (OWNS), 2 if a step-down was
+# requested for this term: then the lease is released (and the release
+# published) and the request cleared, so it is seen once.
 RENEW = BEAT + OWNS + """
 if redis.call('GET', KEYS[2]) == ARGV[2] then
   redis.call('DEL', KEYS[1], KEYS[2])
@@ -135,27 +201,44 @@ return 1
 """
 
 # KEYS: lease. ARGV: owner, term, release channel. Returns 1 if released (and
-# published: standbys listening take over at once), 0 if not ours.
+# published: standbys listening take over at once), 0 if not ours, -1 if a
+# replica was lost: then the lease is left to expire, so that no new term starts
+# on a master that may have been replaced (see OWNS).
 RELEASE = OWNS + """
 redis.call('DEL', KEYS[1])
 redis.call('PUBLISH', ARGV[3], ARGV[2])
 return 1
 """
 
-# KEYS: lease, history. ARGV: owner, term, then name/record pairs.
-# Returns 1 if every record was written, 0 (writing nothing) if not ours.
+# KEYS: lease, history. ARGV: owner, term, then name/record pairs. Returns 1 +
+# the number of replicas that must hold the records if every record was written;
+# 0 if not ours, -1 if a replica was lost (OWNS), writing nothing.
 CLAIM = OWNS + """
 for i = 3, #ARGV, 2 do
   redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
 end
-return 1
+return 1 + replicas
 """
 
-# KEYS: lease, history. ARGV: owner, term, then names. Returns 1, or 0 if not ours.
+# KEYS: lease, history. ARGV: owner, term, then names. Returns 1 + replicas, or 0 / -1.
 FORGET = OWNS + """
 for i = 3, #ARGV do
   redis.call('HDEL', KEYS[2], ARGV[i])
 end
+return 1 + replicas
+"""
+
+# KEYS: lease, meta. Returns {lease hash as a flat list, its PTTL, transitions}: one
+# script rather than a MULTI, so it runs unchanged on a cluster.
+READ = """
+return {redis.call('HGETALL', KEYS[1]), redis.call('PTTL', KEYS[1]),
+        redis.call('HGET', KEYS[2], 'transitions') or '0'}
+"""
+
+# KEYS: replicas, expiry. ARGV: identity. Drops its heartbeat record.
+WITHDRAW = """
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
 return 1
 """
 
@@ -196,33 +279,56 @@ def _text(raw: Any) -> str | None:
     return raw.decode() if isinstance(raw, bytes) else raw
 
 
-class RedisLeaseStore:
-    """A lease and its run history under one name in one Redis."""
+def connection_options(settings: LeaderSettings, *, brokers: bool = False) -> dict[str, Any]:
+    """The keyword arguments of every Redis connection a Sentinel or Cluster store opens.
 
-    def __init__(self, client: redis.Redis, name: str, *, description: str = "redis",
-                 setting: str = "leaderbeat_elector") -> None:
+    :data:`DEFAULT_CLIENT_OPTIONS`, under the broker's TLS (``broker_use_ssl``)
+    and connection options when ``brokers`` (the store is the broker's, reused
+    because ``leaderbeat_elector`` is unset), under ``leaderbeat_redis_options``.
+    A plain ``redis://`` store reads its URL with
+    :func:`.redis_options.client_options` instead, which adds the URL's own.
+    """
+    extra = broker_connection_options(settings) if brokers else {}
+    return {**DEFAULT_CLIENT_OPTIONS, **extra, **settings.redis_options}
+
+
+class RedisLeaseStore:
+    """A lease and its run history under one name in one Redis.
+
+    ``min_replicas`` above 0 turns on the replica guard (module docstring): a
+    new term or a claim whose replicas do not confirm it within
+    :data:`REPLICA_WAIT` raises :class:`StoreUnavailable`, so the elector does
+    not lead, or the claimed runs are not published.
+    """
+
+    #: ``leaderbeat_redis_min_replicas`` when unset: a single Redis has none to wait for.
+    default_min_replicas = 0
+
+    def __init__(self, client: Any, name: str, *, description: str = "redis",
+                 min_replicas: int = 0, setting: str = "leaderbeat_elector") -> None:
         self.client = client
         self.name = name
         self.description = description
+        self.min_replicas = min_replicas
         #: The setting a permanent refusal points at (see :func:`store_error`).
         self.setting = setting
         prefix = f"leaderbeat:{{{name}}}"
         self.lease_key = f"{prefix}:lease"
+        #: Where releases are published (see :meth:`release_watch`).
+        self.release_channel = f"{prefix}:released"
         self.meta_key = f"{prefix}:meta"
         self.history_key = f"{prefix}:history"
-        #: Where releases are published (celery_leaderbeat.watch). A channel, not a
-        #: key, named in the lease's hash tag like everything else of the lease.
-        self.release_channel = f"{prefix}:released"
         self._acquire = client.register_script(ACQUIRE)
         self._renew = client.register_script(RENEW)
         self._release = client.register_script(RELEASE)
         self._claim = client.register_script(CLAIM)
         self._forget = client.register_script(FORGET)
+        self._read = client.register_script(READ)
         # The replica registry (celery_leaderbeat.registry).
         self.replicas_key, self.expiry_key, self.step_down_key = (
             f"{prefix}:replicas", f"{prefix}:replicas:expiry", f"{prefix}:step_down")
-        self._replicas, self._step_down = (
-            client.register_script(script) for script in (REPLICAS, STEP_DOWN))
+        self._replicas, self._step_down, self._withdraw = (
+            client.register_script(script) for script in (REPLICAS, STEP_DOWN, WITHDRAW))
 
     @classmethod
     def from_url(cls, url: str, settings: LeaderSettings) -> RedisLeaseStore:
@@ -233,40 +339,93 @@ class RedisLeaseStore:
         :func:`.redis_options.client_options`, which raises
         ImproperlyConfigured for a form it cannot honour. Client options are
         :data:`DEFAULT_CLIENT_OPTIONS` under what the URL and the settings say.
+        ``leaderbeat_redis_min_replicas`` (default 0) turns the replica guard
+        on for a primary with replicas.
         """
         target, options = client_options(url, settings)
         client = redis.Redis.from_url(target, **{**DEFAULT_CLIENT_OPTIONS, **options})
         return cls(client, settings.lease_name, description=_describe(target, options),
-                   setting=setting_of(url, settings))
+                   min_replicas=cls.min_replicas_of(settings), setting=setting_of(url, settings))
+
+    @classmethod
+    def min_replicas_of(cls, settings: LeaderSettings) -> int:
+        found = settings.redis_min_replicas
+        return cls.default_min_replicas if found is None else found
 
     def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         try:
             return script(keys=keys, args=args)
         except redis.RedisError as exc:
+            self._master_may_have_moved()
             raise store_error(exc, self.setting) from exc
+
+    def _confirmed(self, script: Any, keys: list[str], args: list[Any],
+                   replicas_of: Any) -> Any:
+        """Run a script; if ``replicas_of(reply)`` replicas must hold what it wrote,
+        ``WAIT`` for them (on the same connection: WAIT counts that connection's
+        writes). StoreUnavailable when they do not confirm within REPLICA_WAIT."""
+        if self.min_replicas <= 0:
+            return self._call(script, keys, args)
+        try:
+            master = self._master_for(keys[0])
+            with type(master)(connection_pool=master.connection_pool,
+                              single_connection_client=True) as connection:
+                reply = script(keys=keys, args=args, client=connection)
+                needed = replicas_of(reply)
+                acked = connection.wait(needed, _ms(REPLICA_WAIT)) if needed > 0 else 0
+        except redis.RedisError as exc:
+            self._master_may_have_moved()
+            raise store_error(exc, self.setting) from exc
+        if acked < needed:
+            raise StoreUnavailable(
+                f"not confirmed: {acked} of the {needed} replicas held the write within "
+                f"{REPLICA_WAIT}s, so it may not survive a failover")
+        return reply
+
+    def _master_for(self, key: str) -> Any:
+        """The client of the master that holds ``key`` (a cluster picks it per slot)."""
+        return self.client
+
+    def _master_may_have_moved(self) -> None:
+        """A call failed, or the replica guard refused it: the master this client
+        talks to may no longer be the one. Sentinel and Cluster stores look again."""
 
     def acquire(self, owner: str, identity: str, ttl: float, *,
                 beat: ReplicaRecord | None = None, take: bool = True) -> Acquisition:
-        acquired, term, holder, pttl = self._call(
+        outcome, term, holder, replicas, pttl = self._confirmed(
             self._acquire, [self.lease_key, self.meta_key, self.replicas_key, self.expiry_key],
-            [owner, identity, _ms(ttl), int(take), *_beat_args(beat)],
+            [owner, identity, _ms(ttl), int(take), *_beat_args(beat), self.min_replicas],
+            lambda reply: int(reply[3]) if int(reply[0]) == 1 else 0,
         )
+        if int(outcome) < 0:
+            self._master_may_have_moved()
+        if int(outcome) == -1:
+            raise StoreUnavailable(
+                f"term {int(term)} began with more replicas than the {int(replicas)} online "
+                "now; leaving its lease to expire before a new term")
+        if int(outcome) == -2:
+            raise StoreUnavailable(
+                f"{int(replicas)} replicas online, {self.min_replicas} needed to start a term "
+                "(leaderbeat_redis_min_replicas)")
         record = LeaseRecord(holder=_text(holder) or None, term=int(term),
-                             expires_in=pttl / 1000.0 if pttl >= 0 else None)
-        return Acquisition(acquired=bool(acquired), lease=record)
+                             expires_in=int(pttl) / 1000.0 if int(pttl) >= 0 else None)
+        return Acquisition(acquired=int(outcome) == 1, lease=record)
 
     def renew(self, owner: str, term: int, ttl: float, *,
               beat: ReplicaRecord | None = None) -> Renewal:
         keys = [self.lease_key, self.step_down_key, self.replicas_key, self.expiry_key]
         identity = "" if beat is None else beat.identity
-        outcome = self._call(self._renew, keys,
-                             [owner, term, _ms(ttl), identity, *_beat_args(beat),
-                              self.release_channel])
-        return RENEWALS[int(outcome)]
+        outcome = int(self._call(self._renew, keys,
+                                 [owner, term, _ms(ttl), identity, *_beat_args(beat),
+                                  self.release_channel]))
+        if outcome == -1:
+            self._master_may_have_moved()
+            _replica_lost(term, "renewal")
+        return RENEWALS[outcome]
 
     def release(self, owner: str, term: int) -> bool:
-        return bool(self._call(self._release, [self.lease_key],
-                               [owner, term, self.release_channel]))
+        return int(self._call(self._release, [self.lease_key],
+                              [owner, term, self.release_channel])) == 1
 
     def release_watch(self) -> RedisReleaseWatch:
         """A subscription to this lease's releases, on a connection of its own."""
@@ -276,31 +435,30 @@ class RedisLeaseStore:
         args: list[Any] = [owner, term]
         for name, record in runs.items():
             args += [name, record]
-        return bool(self._call(self._claim, [self.lease_key, self.history_key], args))
+        outcome = int(self._confirmed(self._claim, [self.lease_key, self.history_key], args,
+                                      lambda reply: max(0, int(reply) - 1)))
+        if outcome == -1:
+            self._master_may_have_moved()
+            _replica_lost(term, "claim")
+        return outcome > 0
 
     def forget(self, owner: str, term: int, names: Iterable[str]) -> bool:
         args: list[Any] = [owner, term, *names]
-        return bool(self._call(self._forget, [self.lease_key, self.history_key], args))
+        return int(self._call(self._forget, [self.lease_key, self.history_key], args)) > 0
 
     def load_history(self) -> dict[str, str]:
         try:
             raw = self.client.hgetall(self.history_key)
         except redis.RedisError as exc:
+            self._master_may_have_moved()
             raise store_error(exc, self.setting) from exc
         return {_text(k) or "": _text(v) or "" for k, v in raw.items()}
 
     def read(self) -> LeaseRecord | None:
-        try:
-            with self.client.pipeline(transaction=True) as pipe:
-                pipe.hgetall(self.lease_key)
-                pipe.pttl(self.lease_key)
-                pipe.hget(self.meta_key, "transitions")
-                lease, pttl, transitions = pipe.execute()
-        except redis.RedisError as exc:
-            raise store_error(exc, self.setting) from exc
-        if not lease:
+        flat, pttl, transitions = self._call(self._read, [self.lease_key, self.meta_key], [])
+        if not flat:
             return None
-        lease = {_text(k): v for k, v in lease.items()}  # bytes unless decode_responses
+        lease = {_text(flat[i]): flat[i + 1] for i in range(0, len(flat), 2)}
         return LeaseRecord(
             holder=_text(lease.get("identity")),
             term=int(lease.get("term", 0)),
@@ -310,7 +468,7 @@ class RedisLeaseStore:
             transitions=int(transitions or 0),
         )
 
-    # -- replica registry (celery_leaderbeat.registry.ReplicaRegistry) ----------
+    # -- the replica registry (celery_leaderbeat.registry.ReplicaRegistry) ----------
 
     def replicas(self) -> list[ReplicaRecord]:
         now, *rows = self._call(self._replicas, [self.replicas_key, self.expiry_key], [])
@@ -325,13 +483,7 @@ class RedisLeaseStore:
         return sort_replicas(found)
 
     def withdraw(self, identity: str) -> None:
-        try:
-            with self.client.pipeline(transaction=True) as pipe:
-                pipe.hdel(self.replicas_key, identity)
-                pipe.zrem(self.expiry_key, identity)
-                pipe.execute()
-        except redis.RedisError as exc:
-            raise store_error(exc, self.setting) from exc
+        self._call(self._withdraw, [self.replicas_key, self.expiry_key], [identity])
 
     def request_step_down(self) -> StepDownRequest | None:
         held = self._call(self._step_down, [self.lease_key, self.step_down_key],
@@ -345,7 +497,7 @@ class RedisLeaseStore:
         self.client.connection_pool.disconnect(inuse_connections=False)
 
     def __repr__(self) -> str:
-        return f"RedisLeaseStore({self.description}, name={self.name!r})"
+        return f"{type(self).__name__}({self.description}, name={self.name!r})"
 
 
 #: Answers from Redis that no retry will change, by the words that mark them.
@@ -392,12 +544,19 @@ def _describe(target: str, options: Mapping[str, Any]) -> str:
     return shown
 
 
+def _replica_lost(term: int, call: str) -> None:
+    logger.warning(
+        "leaderbeat: the Redis master has fewer replicas online than when term %s began "
+        "(one may have been promoted); the %s was refused and the lease is left to expire",
+        term, call)
+
+
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
 #: RENEW's answers.
-RENEWALS = {1: Renewal.RENEWED, 0: Renewal.LOST, 2: Renewal.STEPPED_DOWN}
+RENEWALS = {1: Renewal.RENEWED, 0: Renewal.LOST, -1: Renewal.LOST, 2: Renewal.STEPPED_DOWN}
 
 
 def _beat_args(beat: ReplicaRecord | None) -> list[Any]:

@@ -54,8 +54,8 @@ from ..settings import first_url, improperly_configured
 if TYPE_CHECKING:
     from ..settings import LeaderSettings
 
-__all__ = ["BROKER_TRANSPORT_OPTIONS", "CERT_REQS", "client_options", "is_brokers_redis",
-           "setting_of"]
+__all__ = ["BROKER_TRANSPORT_OPTIONS", "CERT_REQS", "broker_connection_options", "client_options",
+           "is_brokers_redis", "setting_of"]
 
 ELECTOR = "leaderbeat_elector"
 
@@ -195,6 +195,23 @@ def client_options(url: Any, settings: LeaderSettings | None = None, *,
                 f"ssl_cert_reqs={kwargs['ssl_cert_reqs']!r}: use CERT_REQUIRED, CERT_OPTIONAL "
                 "or CERT_NONE (or ssl.CERT_*)")
     return target, kwargs
+
+
+def broker_connection_options(settings: LeaderSettings) -> dict[str, Any]:
+    """What the broker's settings say of a connection, for stores whose URL is not a
+    single Redis (``sentinel://``, ``redis+cluster://``) reusing the broker's.
+
+    TLS from ``broker_use_ssl`` (``ssl=True`` with its ``ssl_*`` options, the
+    form redis-py's Sentinel-managed and cluster connections take) and the
+    connection-shaping :data:`BROKER_TRANSPORT_OPTIONS`. Raises
+    ImproperlyConfigured naming ``broker_use_ssl`` for a form it cannot honour.
+    """
+    options = {key: settings.broker_transport_options[key]
+               for key in BROKER_TRANSPORT_OPTIONS if key in settings.broker_transport_options}
+    tls = _broker_tls(settings)
+    if tls is not None:
+        options.update(ssl=True, **tls)
+    return options
 
 
 def _query(text: str, shown: str, setting: str) -> dict[str, Any]:

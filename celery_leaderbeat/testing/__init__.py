@@ -16,6 +16,10 @@ Nothing here is imported by the runtime; one module per helper:
 - :mod:`.beat_cluster`: :class:`BeatCluster`, K real ``celery beat``
   replicas with fault injection; :func:`replica_app`, the app they run.
 - :mod:`.names`: entry names stores have got wrong, and the round-trip check.
+- :mod:`.sentinel`: :class:`SentinelGroup`, 1 master, 2 replicas and 3
+  Sentinels, with kill -9, switchover and cut-off of the master.
+- :mod:`.redis_cluster`: :class:`RedisClusterGroup`, 3 masters and 3
+  replicas, with kill -9 and ``CLUSTER FAILOVER``.
 - :mod:`.publishes`: :class:`MessageRecorder` and the judges of what a
   cluster published (duplicates, gaps, first publish by another replica).
 """
@@ -46,7 +50,9 @@ from .publishes import (
     publishes_closer_than,
 )
 from .records import replica_record
+from .redis_cluster import RedisClusterGroup
 from .redis_server import RedisServer
+from .sentinel import SentinelGroup
 from .stores import redis_store, store_settings
 from .waiting import wait_for
 
@@ -64,8 +70,10 @@ __all__ = [
     "EtcdMember",
     "MessageRecorder",
     "Publish",
+    "RedisClusterGroup",
     "RedisServer",
     "Replica",
+    "SentinelGroup",
     "TcpProxy",
     "assert_each_name_keeps_its_own_history",
     "beat_schedule",

@@ -39,9 +39,8 @@ import weakref
 from collections.abc import Mapping, Sequence
 from typing import IO, Any, Callable
 
-from kombu.utils.url import maybe_sanitize_url
-
 from ..lease import LeaseElector, LeaseStore, LeaseTiming
+from ..stores.redis_sentinel import sanitize_sentinel_url
 from .lifecycle import Started
 from .processes import death_signal_setter
 from .publishes import MessageRecorder
@@ -311,6 +310,7 @@ class BeatCluster(Started):
         self.recorder = MessageRecorder(broker_url, self.queue, self.transport_options)
         self._store: LeaseStore | None = None
         self._closed = False
+        self._conf = dict(conf or {})
 
         shared_conf: dict[str, Any] = {
             "broker_url": broker_url,
@@ -448,5 +448,5 @@ class BeatCluster(Started):
     def describe(self) -> str:
         """Where this cluster lives, without secrets."""
         return (f"{len(self.replicas)} x {self.scheduler} on "
-                f"{maybe_sanitize_url(self.broker_url)}, queue {self.queue!r}, "
+                f"{sanitize_sentinel_url(self.broker_url)}, queue {self.queue!r}, "
                 f"lease {self.lease_name!r}")

@@ -11,9 +11,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from kombu.utils.url import maybe_sanitize_url
-
 from ..scheduler import SCHEDULED_AT_HEADER, TERM_HEADER
+from ..stores.redis_sentinel import sanitize_sentinel_url
 
 __all__ = ["MessageRecorder", "Publish", "duplicate_runs", "first_publish_by_another",
            "publishes_closer_than"]
@@ -90,7 +89,7 @@ class MessageRecorder:
             errors = "; ".join(self.errors[-3:]) or "no error"
             raise TimeoutError(
                 f"recorder could not consume {self.queue!r} from "
-                f"{maybe_sanitize_url(self.broker_url)} within {timeout}s ({errors})")
+                f"{sanitize_sentinel_url(self.broker_url)} within {timeout}s ({errors})")
         return self
 
     def stop(self) -> None:

@@ -1,5 +1,5 @@
-"""A private, throw-away ``redis-server`` on a free loopback port, optionally with
-TLS (a fresh CA, see :mod:`.certificates`) or a password."""
+"""A private, throw-away ``redis-server`` on a free loopback port (or a Sentinel),
+optionally with TLS (a fresh CA, see :mod:`.certificates`) or a password."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import socket
 import ssl
 import subprocess
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .certificates import Certificates, make_certificates
@@ -25,19 +26,28 @@ __all__ = ["RedisServer"]
 class RedisServer:
     """A private, throw-away ``redis-server`` (no persistence) on a free port.
 
-    With ``tls``, the port speaks only TLS, with a certificate for 127.0.0.1
-    signed by a CA made for this server (:attr:`certificates`; clients need
-    no certificate of their own). With ``password``, clients must AUTH.
+    ``config`` lines go into a fresh config file in the server's own
+    directory (kept across restarts, removed on exit), which a Sentinel or a
+    cluster node rewrites as it goes; ``sentinel=True`` runs
+    ``redis-server <config> --sentinel``. With ``tls``, the port speaks only
+    TLS, with a certificate for 127.0.0.1 signed by a CA made for this server
+    (:attr:`certificates`; clients need no certificate of their own). With
+    ``password``, clients must AUTH.
     """
 
     def __init__(self, port: int | None = None, executable: str | None = None, *,
-                 tls: bool = False, password: str | None = None) -> None:
+                 config: Sequence[str] = (), sentinel: bool = False, tls: bool = False,
+                 password: str | None = None) -> None:
         self.port = port or free_port()
         self.executable = executable or shutil.which("redis-server") or "redis-server"
         self.process: subprocess.Popen[bytes] | None = None
+        self.sentinel = sentinel
         self.password = password
         self._dir = tempfile.mkdtemp(prefix="leaderbeat-redis-")
         self.certificates: Certificates | None = make_certificates(self._dir) if tls else None
+        self.config_path = os.path.join(self._dir, "redis.conf")
+        with open(self.config_path, "w", encoding="utf-8") as fh:
+            fh.write("".join(f"{line}\n" for line in config))
 
     @property
     def url(self) -> str:
@@ -57,10 +67,11 @@ class RedisServer:
     def start(self, timeout: float = 10.0) -> RedisServer:
         if self.process is not None and self.process.poll() is None:
             return self
+        mode = ["--sentinel"] if self.sentinel else ["--save", "", "--appendonly", "no"]
         self.process = subprocess.Popen(
             [
-                self.executable, *self._options(), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--dir", self._dir,
+                self.executable, self.config_path, *mode, *self._options(),
+                "--bind", "127.0.0.1", "--dir", self._dir,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -106,6 +117,15 @@ class RedisServer:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+    def kill(self) -> float:
+        """kill -9 the server; return the monotonic time the signal was sent."""
+        assert self.process is not None
+        sent_at = time.monotonic()
+        self.process.kill()
+        self.process.wait()
+        self.process = None
+        return sent_at
 
     def restart(self) -> None:
         self.stop()

@@ -24,8 +24,19 @@ def store_settings(lease_name: str, **overrides: Any) -> LeaderSettings:
     return LeaderSettings(**{**fields, **overrides})
 
 
-def redis_store(url: str, lease_name: str, **redis_options: Any) -> RedisLeaseStore:
-    """``RedisLeaseStore.from_url`` with the default settings and these client options."""
+def redis_store(url: str, lease_name: str, *, transport_options: dict[str, Any] | None = None,
+                min_replicas: int | None = None, **redis_options: Any) -> RedisLeaseStore:
+    """The Redis store ``url`` names (redis://, sentinel://, redis+cluster://, ...), built
+    as beat builds it, with the default settings and these client options.
+
+    ``transport_options`` are the sentinel:// options (``master_name``, ...).
+    """
+    from ..backends import build_store
     from ..stores.redis import RedisLeaseStore
 
-    return RedisLeaseStore.from_url(url, store_settings(lease_name, redis_options=redis_options))
+    settings = store_settings(lease_name, redis_options=redis_options,
+                              redis_transport_options=dict(transport_options or {}),
+                              redis_min_replicas=min_replicas)
+    store = build_store(url.split("://", 1)[0].lower(), url, settings)
+    assert isinstance(store, RedisLeaseStore), store
+    return store
