@@ -11,6 +11,10 @@ Keys, all in one Redis Cluster slot thanks to the ``{name}`` hash tag:
   ``...:replicas:expiry`` (sorted set identity -> expiry, ms on the Redis
   clock): the replica registry, written by the acquire and renew scripts.
   ``...:step_down``: the term asked to let go, seen by its renewal.
+- ``leaderbeat:{name}:pause``: the pause of dispatch in effect (a
+  :class:`~celery_leaderbeat.pause.DispatchPause` record), with a PEXPIRE
+  for ``pause --for``; the CLAIM script refuses while it exists, the RENEW
+  script says so. ``...:resumed``: hash (resume, ended) of the latest resume.
 
 Every mutation checks owner token and term inside one script. Limits: a
 Redis that loses data (restart without persistence, failover to a replica
@@ -35,6 +39,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..lease import Acquisition, LeaseRecord, Renewal, StoreMisconfigured, StoreUnavailable
+from ..pause import DispatchPause, DispatchPaused, DispatchResume, PauseState
 from ..registry import STEP_DOWN_TTL, ReplicaRecord, StepDownRequest, sort_replicas
 from .redis_options import client_options, setting_of
 
@@ -113,10 +118,10 @@ local held = redis.call('HMGET', KEYS[1], 'owner', 'term')
 if held[1] ~= ARGV[1] or held[2] ~= ARGV[2] then return 0 end
 """
 
-# KEYS: lease, step_down, replicas, expiry. ARGV: owner, term, ttl_ms, identity,
-# heartbeat record ('' for none), its ttl_ms. Returns 1 if renewed, 0 if not
-# ours, 2 if a step-down was requested for this term: then the lease is
-# released and the request cleared, so it is seen once.
+# KEYS: lease, step_down, replicas, expiry, pause. ARGV: owner, term, ttl_ms, identity,
+# heartbeat record ('' for none), its ttl_ms. Returns 1 if renewed, 3 if renewed
+# while dispatch is paused, 0 if not ours, 2 if a step-down was requested for
+# this term: then the lease is released and the request cleared, so it is seen once.
 RENEW = BEAT + OWNS + """
 if redis.call('GET', KEYS[2]) == ARGV[2] then
   redis.call('DEL', KEYS[1], KEYS[2])
@@ -127,6 +132,7 @@ local t = redis.call('TIME')
 redis.call('HSET', KEYS[1], 'renewed_at', t[1] .. '.' .. string.format('%06d', t[2]))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 beat(KEYS[3], KEYS[4], ARGV[4], 'leader', ARGV[2], ARGV[5], ARGV[6])
+if redis.call('EXISTS', KEYS[5]) == 1 then return 3 end
 return 1
 """
 
@@ -136,9 +142,12 @@ redis.call('DEL', KEYS[1])
 return 1
 """
 
-# KEYS: lease, history. ARGV: owner, term, then name/record pairs.
-# Returns 1 if every record was written, 0 (writing nothing) if not ours.
+# KEYS: lease, history, pause. ARGV: owner, term, then name/record pairs.
+# Returns 1 if every record was written, 0 (writing nothing) if not ours, the
+# pause record (writing nothing) while dispatch is paused.
 CLAIM = OWNS + """
+local paused = redis.call('GET', KEYS[3])
+if paused then return paused end
 for i = 3, #ARGV, 2 do
   redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
 end
@@ -168,6 +177,16 @@ for i = 1, #live, 2 do
   end
 end
 return out
+"""
+
+# KEYS: pause, resumed. ARGV: resume record. Ends the pause in effect, keeping the
+# resume and the pause it ended; returns that pause, or nil (writing nothing).
+RESUME = """
+local paused = redis.call('GET', KEYS[1])
+if not paused then return nil end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[2], 'resume', ARGV[1], 'ended', paused)
+return paused
 """
 
 # KEYS: lease, step_down. ARGV: request ttl_ms. Returns {identity, term} of the
@@ -214,6 +233,9 @@ class RedisLeaseStore:
             f"{prefix}:replicas", f"{prefix}:replicas:expiry", f"{prefix}:step_down")
         self._replicas, self._step_down = (
             client.register_script(script) for script in (REPLICAS, STEP_DOWN))
+        # Pausing dispatch (celery_leaderbeat.pause.DispatchPauses).
+        self.pause_key, self.resumed_key = f"{prefix}:pause", f"{prefix}:resumed"
+        self._resume = client.register_script(RESUME)
 
     @classmethod
     def from_url(cls, url: str, settings: LeaderSettings) -> RedisLeaseStore:
@@ -247,7 +269,8 @@ class RedisLeaseStore:
 
     def renew(self, owner: str, term: int, ttl: float, *,
               beat: ReplicaRecord | None = None) -> Renewal:
-        keys = [self.lease_key, self.step_down_key, self.replicas_key, self.expiry_key]
+        keys = [self.lease_key, self.step_down_key, self.replicas_key, self.expiry_key,
+                self.pause_key]
         identity = "" if beat is None else beat.identity
         outcome = self._call(self._renew, keys,
                              [owner, term, _ms(ttl), identity, *_beat_args(beat)])
@@ -260,7 +283,11 @@ class RedisLeaseStore:
         args: list[Any] = [owner, term]
         for name, record in runs.items():
             args += [name, record]
-        return bool(self._call(self._claim, [self.lease_key, self.history_key], args))
+        outcome = self._call(self._claim, [self.lease_key, self.history_key, self.pause_key],
+                             args)
+        if isinstance(outcome, (bytes, str)):
+            raise DispatchPaused(DispatchPause.decode(outcome))
+        return bool(outcome)
 
     def forget(self, owner: str, term: int, names: Iterable[str]) -> bool:
         args: list[Any] = [owner, term, *names]
@@ -322,6 +349,33 @@ class RedisLeaseStore:
                           [_ms(STEP_DOWN_TTL)])
         return StepDownRequest(_text(held[0]), int(held[1])) if held else None
 
+    # -- pausing dispatch (celery_leaderbeat.pause.DispatchPauses) -------------
+
+    def pause(self, pause: DispatchPause) -> None:
+        expiry = None if pause.duration is None else _ms(pause.duration)
+        try:
+            self.client.set(self.pause_key, pause.encode(), px=expiry)
+        except redis.RedisError as exc:
+            raise store_error(exc, self.setting) from exc
+
+    def resume(self, resume: DispatchResume) -> DispatchPause | None:
+        ended = self._call(self._resume, [self.pause_key, self.resumed_key], [resume.encode()])
+        return None if ended is None else DispatchPause.decode(ended)
+
+    def read_pause(self) -> PauseState:
+        try:
+            with self.client.pipeline(transaction=True) as pipe:
+                pipe.get(self.pause_key)
+                pipe.pttl(self.pause_key)
+                pipe.hmget(self.resumed_key, "resume", "ended")
+                paused, pttl, (resume, ended) = pipe.execute()
+        except redis.RedisError as exc:
+            raise store_error(exc, self.setting) from exc
+        expires_in = pttl / 1000.0 if pttl and pttl > 0 else None
+        return PauseState(
+            None if paused is None else DispatchPause.decode(paused, expires_in),
+            None if resume is None else DispatchResume.decode(resume, ended))
+
     def close(self) -> None:
         # Leave a connection in use alone: beat's SIGTERM handler closes us while
         # the call it interrupted may still be reading on it, and tearing that
@@ -381,7 +435,7 @@ def _ms(seconds: float) -> int:
 
 
 #: RENEW's answers.
-RENEWALS = {1: Renewal.RENEWED, 0: Renewal.LOST, 2: Renewal.STEPPED_DOWN}
+RENEWALS = {1: Renewal.RENEWED, 0: Renewal.LOST, 2: Renewal.STEPPED_DOWN, 3: Renewal.PAUSED}
 
 
 def _beat_args(beat: ReplicaRecord | None) -> list[Any]:
