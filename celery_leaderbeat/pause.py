@@ -41,8 +41,10 @@ __all__ = [
     "DispatchPauses",
     "DispatchResume",
     "PauseState",
+    "now",
     "operator",
     "parse_duration",
+    "pauses_of",
 ]
 
 
@@ -202,6 +204,7 @@ def operator() -> str:
 
 
 def now() -> datetime:
+    """The wall clock in UTC, for the records' stamps (never for expiry)."""
     return datetime.now(timezone.utc)
 
 
