@@ -1,4 +1,5 @@
-"""``celery -A proj leaderbeat status|step-down|health|history``: see and steer the replicas.
+"""``celery -A proj leaderbeat status|step-down|health|history|pause|resume``: see and
+steer the replicas.
 
 Registered as a Celery sub-command through the ``celery.commands`` entry
 point. Every command reads the app's ``leaderbeat_*`` settings and opens the
@@ -7,13 +8,16 @@ same store the replicas use; none of them joins the election.
 Exit codes: 0 fine; 1 no live leader, the store cannot be read, a
 step-down did not move leadership, this replica sends no heartbeat
 (``health --self``), or ``history`` cannot read the history or schedule or
-knows no such entry; 3 the configured elector keeps no lease in a store
+knows no such entry, ``pause``/``resume`` cannot reach the store; 3 the
+configured elector keeps no lease in a store
 (static, callable or custom electors), or keeps no replica registry where one
-is needed, so there is nothing to answer with; 4 the store refuses these
+is needed, or a store that cannot be paused, so there is nothing to answer
+with; 4 the store refuses these
 settings for a reason that waiting will not heal (wrong password, missing
 permission, unknown database, failed certificate check): the command
 connects exactly as the replicas do, so they are refused too, and stay
-standbys until the setting it names is fixed.
+standbys until the setting it names is fixed. A paused cluster with a live
+leader is healthy (exit 0): ``status`` and ``health`` say it is paused.
 """
 
 from __future__ import annotations
@@ -32,6 +36,15 @@ from celery.utils.imports import load_extension_class_names, symbol_by_name
 from .backends import choose_elector
 from .history_report import NEVER_RUN, REMOVED, configured_schedule, history_report
 from .lease import LeaseElector, LeaseRecord, LeaseStore, StoreMisconfigured, StoreUnavailable
+from .pause import (
+    DispatchPause,
+    DispatchPauses,
+    DispatchResume,
+    operator,
+    parse_duration,
+    pauses_of,
+)
+from .pause import now as wall_now
 from .registry import LEADER, ReplicaRecord, ReplicaRegistry
 from .settings import LeaderSettings
 
@@ -114,10 +127,13 @@ def snapshot(settings: LeaderSettings, store: LeaseStore) -> dict[str, Any]:
         "healthy": False,
         "reason": "",
         "misconfigured": None,
+        "pause": None,
     }
+    pauses = pauses_of(store)
     try:
         lease = store.read()
         replicas = store.replicas() if isinstance(store, ReplicaRegistry) else None
+        pause = pauses.read_pause().pause if pauses is not None else None
     except StoreMisconfigured as exc:
         doc["misconfigured"] = {"setting": exc.setting, "cause": exc.cause}
         doc["reason"] = (f"store misconfigured: {store.description} refuses these settings "
@@ -129,7 +145,20 @@ def snapshot(settings: LeaderSettings, store: LeaseStore) -> dict[str, Any]:
     doc["lease"] = None if lease is None else _lease_doc(lease)
     doc["replicas"] = None if replicas is None else [r.encode() for r in replicas]
     doc["healthy"], doc["reason"] = judge(settings, store, lease, replicas)
+    if pause is not None:
+        doc["pause"] = _pause_doc(pause)
+        doc["reason"] += f"; dispatch PAUSED {pause.describe()}"
     return doc
+
+
+def _pause_doc(pause: DispatchPause) -> dict[str, Any]:
+    return {
+        "paused_by": pause.paused_by,
+        "paused_at": _iso(pause.paused_at),
+        "reason": pause.reason,
+        "until": _iso(pause.until),
+        "expires_in": None if pause.expires_in is None else round(pause.expires_in, 3),
+    }
 
 
 def judge(settings: LeaderSettings, store: LeaseStore, lease: LeaseRecord | None,
@@ -244,6 +273,17 @@ def render(doc: dict[str, Any]) -> str:
                 f"  {r['identity']:<{width}}  {r['role']:<7}  {term:<{term_width}}  heartbeat "
                 f"{r['heartbeat_age']:.1f} s ago  pid {r['pid']} on {r['host']}, "
                 f"leaderbeat {r['version']}, celery {r['celery_version']}")
+    pause = doc["pause"]
+    if pause is not None:
+        until = "resume" if pause["until"] is None else (
+            f"{pause['until']} (in {pause['expires_in'] or 0:.1f} s) or resume")
+        lines += [
+            "dispatch: PAUSED",
+            f"  paused by:    {pause['paused_by']}",
+            f"  paused at:    {_when(pause['paused_at'], now)}",
+            f"  reason:       {pause['reason'] or '(none given)'}",
+            f"  until:        {until}",
+        ]
     lines.append(f"health: {'ok' if doc['healthy'] else 'FAILING'}: {doc['reason']}")
     return "\n".join(lines)
 
@@ -261,8 +301,8 @@ def _when(stamp: str | None, now: datetime) -> str:
                    "its heartbeat is fresh, leader or standby.")
 @click.pass_context
 def health(ctx: click.Context, this_replica: bool) -> None:
-    """Exit 0 when a live leader holds a fresh lease, else non-zero (4: the store
-    refuses these settings for good); one line why."""
+    """Exit 0 when a live leader holds a fresh lease (paused or not: the line says),
+    else non-zero (4: the store refuses these settings for good); one line why."""
     if this_replica:
         _replica_health(ctx)
         return
@@ -419,6 +459,76 @@ def step_down(ctx: click.Context, wait: bool, timeout: float | None, force: bool
         click.echo(f"{now_held.holder} leads now (term {now_held.term}), after {took:.1f} s")
     finally:
         store.close()
+
+
+def _pauses_or_exit(ctx: click.Context) -> tuple[LeaderSettings, LeaseStore, DispatchPauses]:
+    settings, store = _store_or_exit(ctx)
+    pauses = pauses_of(store)
+    if pauses is None:
+        store.close()
+        _fail(f"the store {store.description} cannot hold a pause of dispatch", EXIT_NO_STORE)
+    return settings, store, pauses
+
+
+def _store_failed(store: LeaseStore, exc: StoreUnavailable) -> NoReturn:
+    code = EXIT_MISCONFIGURED if isinstance(exc, StoreMisconfigured) else EXIT_UNHEALTHY
+    _fail(f"cannot reach the store {store.description}: {exc}", code)
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+@leaderbeat.command(cls=CeleryCommand)
+@click.option("--for", "duration", callback=_duration, metavar="DURATION",
+              help="End the pause by itself after this long (90s, 15m, 2h, 1h30m), judged "
+                   "by the store's clock; default: until resume.")
+@click.option("--reason", default="", help="Why, for status, health and the logs.")
+@click.pass_context
+def pause(ctx: click.Context, duration: float | None, reason: str) -> None:
+    """Hold every dispatch of the lease, cluster-wide, until resume (or --for).
+
+    Fenced in the store: once this returns, no run is claimed, so none is
+    sent, by the leader or by any replica that leads meanwhile. The replicas
+    keep running, electing and heartbeating."""
+    settings, store, pauses = _pauses_or_exit(ctx)
+    record = DispatchPause(operator(), wall_now(), reason, duration)
+    try:
+        try:
+            pauses.pause(record)
+        except StoreUnavailable as exc:
+            _store_failed(store, exc)
+    finally:
+        store.close()
+    click.echo(f"paused dispatch of lease {settings.lease_name!r} {record.describe()}")
+
+
+@leaderbeat.command(cls=CeleryCommand)
+@click.option("--catch-up", "catch_up", type=click.Choice(["once", "skip"]), default=None,
+              help="Runs that fell due while paused: sent once per entry, or skipped "
+                   "(default: the leaderbeat_catch_up setting).")
+@click.pass_context
+def resume(ctx: click.Context, catch_up: str | None) -> None:
+    """End the pause: the leader dispatches again at its next renewal."""
+    settings, store, pauses = _pauses_or_exit(ctx)
+    try:
+        try:
+            ended = pauses.resume(DispatchResume(operator(), wall_now(), catch_up))
+        except StoreUnavailable as exc:
+            _store_failed(store, exc)
+    finally:
+        store.close()
+    if ended is None:
+        click.echo(f"dispatch of lease {settings.lease_name!r} was not paused")
+        return
+    how = catch_up or f"{settings.catch_up} (leaderbeat_catch_up)"
+    click.echo(f"resumed dispatch of lease {settings.lease_name!r}, paused {ended.describe()}; "
+               f"runs that fell due while paused: catch-up {how}")
 
 
 def _read_or_none(read: Callable[[], LeaseRecord | None]) -> LeaseRecord | None:

@@ -27,6 +27,7 @@ from enum import Enum
 from typing import Callable, Protocol
 
 from .elector import NotLeader
+from .pause import DispatchPause, DispatchPaused, DispatchResume
 from .registry import LEADER, STANDBY, Heartbeat, ReplicaRecord
 from .watch import PushingStore, ReleaseWatch, next_attempt
 
@@ -126,6 +127,8 @@ class Renewal(Enum):
     LOST = "lost"
     #: A step-down was requested for our term: the store released the lease.
     STEPPED_DOWN = "stepped down"
+    #: Renewed, and dispatch is paused cluster-wide (see :mod:`celery_leaderbeat.pause`).
+    PAUSED = "renewed, dispatch paused"
 
 
 class StoreUnavailable(Exception):
@@ -216,6 +219,13 @@ class LeaseStore(Protocol):
     registry (:mod:`celery_leaderbeat.registry`), written in the same call
     for ``beat.expires_in`` seconds, with role and term as the call leaves
     them. A store without a registry ignores it.
+
+    A store that can hold dispatch (:mod:`celery_leaderbeat.pause`) adds two
+    answers: ``claim`` raises :class:`~celery_leaderbeat.pause.DispatchPaused`,
+    writing nothing, while a pause is in effect, judged in the same atomic
+    operation as owner and term; ``renew`` answers ``Renewal.PAUSED`` instead
+    of ``RENEWED`` while one is. It also implements
+    :class:`~celery_leaderbeat.pause.DispatchPauses` (pause, resume, read_pause).
     """
 
     #: Where the lease lives, for banners and logs. Never contains secrets.
@@ -232,7 +242,10 @@ class LeaseStore(Protocol):
     def renew(self, owner: str, term: int, ttl: float, *,
               beat: ReplicaRecord | None = None) -> Renewal:
         """Extend our lease by ``ttl``, unless it is no longer ours or a step-down
-        was requested for ``term``: then release it and clear the request."""
+        was requested for ``term``: then release it and clear the request.
+
+        ``Renewal.PAUSED`` when renewed while dispatch is paused (a store that
+        cannot be paused never answers it)."""
         ...  # pragma: no cover
 
     def release(self, owner: str, term: int) -> bool:
@@ -247,7 +260,8 @@ class LeaseStore(Protocol):
         """Record runs (entry name -> encoded run record) only if the lease is ours.
 
         All or nothing. Raises :class:`ClaimRejected` when the store refuses
-        the runs' data rather than the lease, StoreUnavailable on any other error.
+        the runs' data rather than the lease, ``DispatchPaused`` while dispatch
+        is paused (the lease is still ours), StoreUnavailable on any other error.
         """
         ...  # pragma: no cover
 
@@ -300,6 +314,8 @@ class LeaseElector:
         self.push = push
         self._watch: ReleaseWatch | None = None
         self._listening = False  # the watch answered its last wait
+        self._pause: DispatchPause | None = None
+        self._resumption: DispatchResume | None = None
 
     # -- what the scheduler asks -------------------------------------------------
 
@@ -337,6 +353,22 @@ class LeaseElector:
         transient); takes nothing and writes nothing.
         """
         self.store.read()
+
+    @property
+    def pause(self) -> DispatchPause | None:
+        """The pause of dispatch this leader knows of (None: dispatch runs).
+
+        Learnt from a renewal answered ``PAUSED`` or a claim refused with
+        DispatchPaused, and forgotten at the first renewal answered
+        ``RENEWED``: within one renew interval of the store's change.
+        """
+        return self._pause
+
+    @property
+    def resumption(self) -> DispatchResume | None:
+        """The resume that ended the last pause this leader knew of; None when
+        that pause ran out by itself or its resume could not be read."""
+        return self._resumption
 
     def seconds_until_renewal(self) -> float:
         """How long the leader may sleep before it must renew (0 when not leading)."""
@@ -419,6 +451,9 @@ class LeaseElector:
             raise FencedOut("lease expired locally", LeadershipLost.EXPIRED)
         try:
             accepted = self.store.claim(self.owner, term, runs)
+        except DispatchPaused as paused:  # not a lost lease: hold dispatch
+            self._pause = paused.pause
+            raise
         except ClaimRejected:
             raise
         except StoreUnavailable as exc:
@@ -486,13 +521,34 @@ class LeaseElector:
             self._misconfigured = _permanent(exc)
             return
         self._renew_error = self._misconfigured = None
-        if renewed is Renewal.RENEWED:
+        if renewed in (Renewal.RENEWED, Renewal.PAUSED):
             self._deadline = sent_at + self.timing.local_validity
             self._renew_at = sent_at + self.timing.renew_interval
+            self._follow_pause(renewed is Renewal.PAUSED)
         elif renewed is Renewal.STEPPED_DOWN:
             self._lose(LeadershipLost.RELEASED, "step-down requested", hold_off=self.timing.ttl)
         else:
             self._lose(LeadershipLost.TAKEN, f"store refused to renew term {term}")
+
+    def _follow_pause(self, paused: bool) -> None:
+        """Learn who paused (on a pause's first renewal) or how to catch up (on
+        the first renewal after it): one store read per change, none otherwise."""
+        if paused == (self._pause is not None):
+            return
+        pauses = getattr(self.store, "read_pause", None)
+        try:
+            state = pauses() if pauses is not None else None
+        except StoreUnavailable:
+            state = None
+        if paused:
+            self._pause = (state.pause if state is not None else None) or DispatchPause(
+                "unknown", None, "the store said paused; reading who paused failed")
+            return
+        resume = state.last_resume if state is not None else None
+        ended = self._pause
+        self._pause = None
+        self._resumption = resume if resume is not None and ended is not None \
+            and ended.same_as(resume.ended) else None
 
     def _try_acquire(self, now: float) -> None:
         sent_at = self._clock()
@@ -534,6 +590,7 @@ class LeaseElector:
         or, after letting go, hold off: attempts then only heartbeat until then."""
         self._term = None
         self._renew_error = None
+        self._pause = None  # a later term learns it again, from its claims or renewals
         self._refusal = LeadershipLost(cause, detail)
         now = self._clock()
         self._hold_until = now + hold_off

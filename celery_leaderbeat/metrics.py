@@ -28,6 +28,8 @@ name                                        type       meaning
 ``leaderbeat_store_misconfigured``          gauge      1 while the store refuses this
                                                        replica for good (password, TLS,
                                                        database, permission)
+``leaderbeat_dispatch_paused``              gauge      1 while this replica leads and
+                                                       holds dispatch for a pause
 ==========================================  =========  =================================
 """
 
@@ -102,11 +104,17 @@ class BeatMetrics:
             "1 while the store refuses this replica for a reason waiting will not heal "
             "(wrong password, missing permission, unknown database, failed certificate "
             "check), else 0.", registry=r)
+        self.paused = prom.Gauge(
+            "leaderbeat_dispatch_paused",
+            "1 while this replica leads and holds dispatch because it is paused "
+            "(celery leaderbeat pause), else 0.", registry=r)
         self._server: Any = None
         self._scheduler = scheduler
         signals.leadership_gained.connect(self._on_gained, sender=scheduler)
         signals.leadership_lost.connect(self._on_lost, sender=scheduler)
         signals.leader_observed.connect(self._on_observed, sender=scheduler)
+        signals.dispatch_paused.connect(self._on_paused, sender=scheduler)
+        signals.dispatch_resumed.connect(self._on_resumed, sender=scheduler)
 
     @classmethod
     def serve(cls, scheduler: Any) -> BeatMetrics | None:
@@ -140,6 +148,16 @@ class BeatMetrics:
     def _on_observed(self, sender: Any, leader_term: int | None = None, **kwargs: Any) -> None:
         self.term.set(leader_term or 0)
 
+    def _on_paused(self, sender: Any, **kwargs: Any) -> None:
+        self.dispatch_held(True)
+
+    def _on_resumed(self, sender: Any, **kwargs: Any) -> None:
+        self.dispatch_held(False)
+
+    def dispatch_held(self, held: bool) -> None:
+        """Whether this replica holds dispatch for a pause (0 too when it stops leading)."""
+        self.paused.set(1 if held else 0)
+
     def store_misconfigured(self, refused: bool) -> None:
         """Whether the store's latest answer was a permanent refusal."""
         self.misconfigured.set(1 if refused else 0)
@@ -164,6 +182,8 @@ class BeatMetrics:
         signals.leadership_gained.disconnect(self._on_gained, sender=self._scheduler)
         signals.leadership_lost.disconnect(self._on_lost, sender=self._scheduler)
         signals.leader_observed.disconnect(self._on_observed, sender=self._scheduler)
+        signals.dispatch_paused.disconnect(self._on_paused, sender=self._scheduler)
+        signals.dispatch_resumed.disconnect(self._on_resumed, sender=self._scheduler)
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

@@ -14,6 +14,14 @@ run is published at most once; a leader that dies between the two loses
 that one run. When many entries are due at once, their runs are claimed in
 batches (one store call each, see ``LeaderSchedulerMixin.reserve``), so a
 leader that dies mid-batch loses the claimed runs it had not yet published.
+
+A pause of dispatch (``celery leaderbeat pause``, :mod:`.pause`) is fenced
+the same way: the store refuses claims while it is in effect. The leader
+then holds: it keeps its lease, publishes nothing, leaves its entries where
+they were and asks again at each renewal (``Renewal.PAUSED`` says it is
+still paused). At the first renewal after ``resume`` it adopts the shared
+history again, as at a takeover, and applies the catch-up policy the resume
+chose (else ``leaderbeat_catch_up``) to the runs that fell due meanwhile.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from .lease import (
     StoreUnavailable,
 )
 from .metrics import BeatMetrics
+from .pause import DispatchPause, DispatchPaused, pauses_of
 from .registry import Heartbeat, registry_of
 from .rejections import RejectedRuns
 from .settings import LeaderSettings, improperly_configured
@@ -98,6 +107,8 @@ class LeaderSchedulerMixin:
         self._claimed: dict[str, tuple[int, datetime | None, int]] = {}
         self._withheld: set[str] = set()  # reserved, but their claim was refused: not sent
         self._rejected_runs = RejectedRuns()
+        self._held_for: DispatchPause | None = None  # the pause this leader holds dispatch for
+        self._resume_catch_up: str | None = None  # a resume's choice, for the next takeover
         self._registry = registry_of(self.elector)
         if self._registry is not None and isinstance(self.elector, LeaseElector):
             timing = self.leader_settings.timing
@@ -162,6 +173,8 @@ class LeaderSchedulerMixin:
         if not leading:
             return self._stand_by(
                 min(self._time_until_next_attempt(), self._shadow_tick(*args, **kwargs)))
+        if self._follow_pause():
+            return max(self._time_until_renewal(), 0.01)  # asks again at the renewal
         wait = self._base_next - time.monotonic()
         if wait > 0:
             # Woken to renew the lease, before the base scheduler asked to be
@@ -174,6 +187,12 @@ class LeaderSchedulerMixin:
                 self._needs_takeover = False
             interval: float = super().tick(*args, **kwargs)  # type: ignore[misc]
             self._base_next = time.monotonic() + interval
+        except DispatchPaused:
+            # Paused between our last renewal and this claim: nothing was written
+            # or sent, and reserve put the entry back; hold from now on.
+            self._heap = None
+            self._follow_pause()
+            return max(self._time_until_renewal(), 0.01)
         except FencedOut as exc:
             self._stop_leading(str(exc), cause=exc.cause)
             return retry
@@ -273,6 +292,42 @@ class LeaderSchedulerMixin:
             self._observe(refusal)
         return False
 
+    def _follow_pause(self) -> bool:
+        """Hold dispatch while the elector knows of a pause; True while holding.
+
+        Logs, signals (``dispatch_paused``/``dispatch_resumed``) and counts
+        each change once. A resume makes the next tick a takeover: the shared
+        history is adopted again and the resume's catch-up policy applied.
+        """
+        pause = getattr(self.elector, "pause", None)
+        held = self._held_for
+        if pause is not None and held is None:
+            self._held_for = pause
+            logger.warning("leaderbeat: dispatch of %r is paused %s; the leader %s holds "
+                           "every run until it is resumed", self.leader_settings.lease_name,
+                           pause.describe(), self.leader_settings.identity)
+            signals.dispatch_paused.send(sender=self, pause=pause, **self._signal_args())
+        elif pause is None and held is not None:
+            resume = getattr(self.elector, "resumption", None)
+            chosen = resume.catch_up if resume is not None else None
+            self._resume_catch_up = chosen or self.leader_settings.catch_up
+            self._held_for = None
+            self._needs_takeover = True
+            self._base_next = 0.0
+            how = f"by {resume.resumed_by}" if resume is not None else "(the pause ran out)"
+            logger.warning("leaderbeat: dispatch of %r resumed %s; runs that fell due while "
+                           "paused: catch-up %r", self.leader_settings.lease_name, how,
+                           self._resume_catch_up)
+            signals.dispatch_resumed.send(sender=self, resume=resume,
+                                          catch_up=self._resume_catch_up,
+                                          **self._signal_args())
+        return self._held_for is not None
+
+    @property
+    def catch_up_policy(self) -> str:
+        """How the next takeover treats runs missed: a resume's choice, else the setting."""
+        return self._resume_catch_up or self.leader_settings.catch_up
+
     def _report_misconfigured(self) -> bool:
         """Log at ERROR, and again every ``misconfigured_log_interval`` seconds,
         while the store refuses this replica for good; keep the metric true.
@@ -322,6 +377,9 @@ class LeaderSchedulerMixin:
         if step_down and isinstance(self.elector, LeaseElector):
             self.elector.step_down(cause, reason)
         self._leading = False
+        self._held_for = None  # a later term learns of a pause again
+        if self.metrics is not None:
+            self.metrics.dispatch_held(False)
         self._shadow_next = 0.0  # the shadow starts from what this leader did
         self._last_refusal = reason
         logger.info(
@@ -375,8 +433,9 @@ class LeaderSchedulerMixin:
             gone = apply_history(self.schedule, records, self.app.timezone)
             if gone:
                 self.elector.forget(gone)
-        if self.leader_settings.catch_up == "skip":
+        if self.catch_up_policy == "skip":
             self._skip_missed_runs()
+        self._resume_catch_up = None
 
     def _skip_missed_runs(self) -> None:
         """Advance every entry already due to now, claiming it without publishing."""
@@ -436,8 +495,17 @@ class LeaderSchedulerMixin:
                 else:
                     new_entry.last_run_at = claimed[1]  # as recorded in the store
             else:
-                self._claim_due_runs(new_entry)
+                try:
+                    self._claim_due_runs(new_entry)
+                except DispatchPaused:
+                    self._put_back(entry)
+                    raise
         return new_entry
+
+    def _put_back(self, entry: ScheduleEntry) -> None:
+        """A run held for a pause is not run: the entry stays due, for the catch-up
+        at resume (``next(entry)`` made a new entry; this one is as it was)."""
+        self.schedule[entry.name] = entry
 
     def _claim_due_runs(self, first: ScheduleEntry) -> None:
         """Claim ``first``'s run and those of up to claim_batch - 1 others due now."""
@@ -588,8 +656,23 @@ class LeaderSchedulerMixin:
             f"    . lease -> {s.lease_name!r} as {s.identity!r}",
             f"    . lease timing -> ttl {t.ttl}s, renew every {t.renew_interval}s, "
             f"standby retry every {t.retry_interval}s",
+            self._pause_banner(),
         ]
         return "\n".join(line for line in lines if line)
+
+    def _pause_banner(self) -> str:
+        """A banner line when dispatch is paused at start-up ('' when not, or unknown)."""
+        pauses = pauses_of(getattr(self.elector, "store", None))
+        if pauses is None:
+            return ""
+        try:
+            pause = pauses.read_pause().pause
+        except StoreUnavailable:
+            return ""
+        if pause is None:
+            return ""
+        return (f"    . dispatch -> PAUSED {pause.describe()}: nothing is sent until "
+                "`celery leaderbeat resume`")
 
 
 def _due_events(heap: list[Any], now: float) -> Iterator[Any]:

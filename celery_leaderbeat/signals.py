@@ -12,6 +12,12 @@ Connect as to any Celery signal::
 (``released``, ``expired``, ``taken``, ``fenced out``, ``store error`` or
 ``elector`` for a custom elector's "no"); ``leader_observed`` adds
 ``leader`` (the holder's identity) and ``leader_term``.
+``dispatch_paused`` (sent by the leader when it starts holding dispatch for
+``celery leaderbeat pause``) adds ``pause`` (a
+:class:`~celery_leaderbeat.pause.DispatchPause`: who, when, why, until);
+``dispatch_resumed`` (when it stops holding) adds ``resume`` (the
+:class:`~celery_leaderbeat.pause.DispatchResume`, None when the pause ran
+out by itself) and ``catch_up`` (``once`` or ``skip``, as it applies).
 Receivers run inside the beat loop: keep them quick. A receiver that raises
 is logged by Celery and does not stop beat.
 """
@@ -20,7 +26,8 @@ from __future__ import annotations
 
 from celery.utils.dispatch import Signal
 
-__all__ = ["leader_observed", "leadership_gained", "leadership_lost"]
+__all__ = ["dispatch_paused", "dispatch_resumed", "leader_observed", "leadership_gained",
+           "leadership_lost"]
 
 leadership_gained = Signal(
     name="leadership_gained",
@@ -33,4 +40,12 @@ leadership_lost = Signal(
 leader_observed = Signal(
     name="leader_observed",
     providing_args={"identity", "term", "lease_name", "leader", "leader_term"},
+)
+dispatch_paused = Signal(
+    name="dispatch_paused",
+    providing_args={"identity", "term", "lease_name", "pause"},
+)
+dispatch_resumed = Signal(
+    name="dispatch_resumed",
+    providing_args={"identity", "term", "lease_name", "resume", "catch_up"},
 )

@@ -103,7 +103,7 @@ def test_status_json_follows_the_documented_schema(redis_cluster: BeatCluster) -
     assert done.returncode == EXIT_OK, done.stderr
     doc = json.loads(done.stdout)
     assert set(doc) == {"schema", "lease_name", "store", "timing", "lease", "replicas",
-                        "healthy", "reason", "misconfigured"}
+                        "healthy", "reason", "misconfigured", "pause"}
     assert doc["schema"] == SCHEMA_VERSION
     assert doc["lease_name"] == redis_cluster.lease_name
     assert doc["timing"] == {"ttl": 4.0, "renew_interval": 0.3, "retry_interval": 0.3}

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
@@ -244,3 +245,63 @@ def test_history_reads_the_database_schedule_and_the_claims(
     assert nightly["task"] == REPORT
     assert 0 < nightly["due_in"] <= 24 * 3600
     assert datetime.fromisoformat(nightly["next_due_at"]).minute == 0
+
+
+def test_pause_holds_both_beats_and_resume_catches_up_once(
+        database_url: str, tmp_path: Path) -> None:
+    """``leaderbeat pause`` on the Django store: nothing sent while paused, also by
+    the beat that takes over on SIGTERM; one catch-up run within a renewal of resume."""
+    queue = f"lbdj-{uuid.uuid4().hex[:8]}"
+    with RedisServer() as broker, MessageRecorder(broker.url, queue) as recorder:
+        env = _migrated_example(database_url, broker.url, queue)
+
+        def leaderbeat(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "celery", "-A", "proj", "leaderbeat",
+                                   *args], cwd=PROJECT, env=env, capture_output=True, text=True,
+                                  timeout=60)
+
+        beats: list[Beat] = []
+        try:
+            a = Beat("beat-a", env, tmp_path).start()
+            b = Beat("beat-b", env, tmp_path).start()
+            beats += [a, b]
+            first = wait_for(lambda: next(iter(p.pid for p in recorder.publishes()), None),
+                             timeout=60, message="a first heartbeat")
+            leader, standby = (a, b) if first == a.pid else (b, a)
+            wait_for(lambda: "is a standby" in standby.log(), timeout=60,
+                     message="the other beat standing by")
+
+            done = leaderbeat("pause", "--reason", "schema change")
+            paused_at = time.monotonic()
+            assert done.returncode == 0, done.stderr
+            wait_for(lambda: "is paused by" in leader.log(), timeout=10,
+                     message="the leader holding")
+            health = leaderbeat("health")
+            assert health.returncode == 0 and "dispatch PAUSED by" in health.stdout, health
+            time.sleep(1.5)
+            leader.signal(signal.SIGTERM)  # the standby takes over, paused
+            wait_for(lambda: "is paused by" in standby.log(), timeout=30,
+                     message="the new leader holding")
+            time.sleep(1.5)
+            held = [p for p in recorder.publishes() if p.mono > paused_at]
+            assert held == [], held
+
+            asked_at = time.monotonic()
+            done = leaderbeat("resume", "--catch-up", "once")
+            resumed_at = time.monotonic()
+            assert done.returncode == 0, done.stderr
+            wait_for(lambda: [p for p in recorder.publishes() if p.mono > asked_at],
+                     timeout=10, message="a run after resume")
+            time.sleep(2.5)
+        finally:
+            for beat in beats:
+                beat.stop()
+        logs = "\n".join(f"--- {beat.identity}\n{beat.log()[-3000:]}" for beat in beats)
+        publishes = recorder.publishes()
+
+    after = sorted(p.mono for p in publishes if p.mono > asked_at)
+    assert after[0] - resumed_at <= 0.5 + 0.7, (after, resumed_at, logs)  # one renewal
+    assert len([t for t in after if t - after[0] < 0.9]) == 1, (after, logs)  # one catch-up run
+    assert {p.pid for p in publishes if p.mono > asked_at} == {standby.pid}
+    assert not duplicate_runs(publishes), logs
+    assert "resumed by" in logs and "Traceback" not in logs, logs

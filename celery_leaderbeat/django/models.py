@@ -34,6 +34,14 @@ class Lease(models.Model):
                                        help_text="SHA-256 of the last holder's identity.")
     step_down_term = models.BigIntegerField(
         null=True, blank=True, help_text="The term asked to step down, until its leader sees it.")
+    pause = models.TextField(null=True, blank=True,
+                             help_text="The pause of dispatch in effect (leaderbeat pause).")
+    pause_expires_at = models.FloatField(null=True, blank=True,
+                                         help_text="When the pause ends by itself; empty: "
+                                                   "at resume.")
+    resume = models.TextField(null=True, blank=True, help_text="The latest resume.")
+    resumed_pause = models.TextField(null=True, blank=True,
+                                     help_text="The pause the latest resume ended.")
 
     class Meta:
         db_table = "celery_leaderbeat_lease"

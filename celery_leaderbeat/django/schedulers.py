@@ -31,6 +31,7 @@ from django_celery_beat.schedulers import DatabaseScheduler, ModelEntry
 
 from ..history import RunRecord, decode_history
 from ..lease import FencedOut, LeaseElector, StoreUnavailable
+from ..pause import DispatchPaused
 from ..scheduler import LeaderSchedulerMixin
 
 __all__ = ["LeaderDatabaseScheduler", "LeaderModelEntry"]
@@ -107,7 +108,7 @@ class LeaderDatabaseScheduler(LeaderSchedulerMixin, DatabaseScheduler):  # type:
         """Claim the run (fenced), then save it at once."""
         try:
             new_entry: LeaderModelEntry = super().reserve(entry)
-        except FencedOut:
+        except (FencedOut, DispatchPaused):
             # Never published: a later sync must not record it as run.
             self._dirty.discard(entry.name)
             raise
@@ -148,10 +149,15 @@ class LeaderDatabaseScheduler(LeaderSchedulerMixin, DatabaseScheduler):  # type:
                     logger.info("leaderbeat: %r ran later than the database says; "
                                 "taking the claimed run", name)
                     self._save_run(entry)
-        if self.leader_settings.catch_up == "skip":
+        if self.catch_up_policy == "skip":
             before = {name: entry.last_run_at for name, entry in schedule.items()}
             self._skip_missed_runs()
             for name, entry in schedule.items():
                 if entry.last_run_at != before[name]:
                     entry.model.last_run_at = entry.last_run_at
                     self._save_run(entry)
+        self._resume_catch_up = None
+
+    def _put_back(self, entry: LeaderModelEntry) -> None:
+        """Nothing to put back: the resume reloads the schedule from the database
+        (``next()`` moved the run into the model, which is not saved)."""

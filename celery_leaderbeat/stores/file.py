@@ -13,6 +13,14 @@ heartbeat file per replica, written by the acquire attempt or renewal that
 carries it, and ``<path>.step-down`` the term asked to let go. The leader
 looks for that file at every renewal: a renewal is otherwise free here (the
 kernel keeps the lock), so one local file read costs nothing that matters.
+
+A pause of dispatch (:mod:`celery_leaderbeat.pause`) is ``<path>.pause``,
+written by atomic rename (not in the state file: only the lock holder
+writes that, and ``pause`` runs in another process). Every claim reads it
+before writing, under the leader's lock, and every renewal reads it; a
+pause with a duration ends on this host's clock. ``<path>.resumed`` keeps
+the latest resume and the pause it ended; ``resume`` unlinks the pause file
+first, so of two resumes only one ends the pause.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit
 
 from ..lease import Acquisition, LeaseRecord, Renewal, StoreMisconfigured, StoreUnavailable
+from ..pause import DispatchPause, DispatchPaused, DispatchResume, PauseState
 from ..registry import ReplicaRecord, StepDownRequest, sort_replicas
 from ..settings import improperly_configured
 
@@ -63,6 +72,7 @@ class FileLeaseStore:
         self.state_path = path + ".json"
         self.replicas_dir = path + ".replicas"
         self.step_down_path = path + ".step-down"
+        self.pause_path, self.resumed_path = path + ".pause", path + ".resumed"
         self.description = f"file://{path}"
         self._fd: int | None = None
         self._owner: str | None = None
@@ -151,8 +161,8 @@ class FileLeaseStore:
             self.release(owner, term)
             outcome = Renewal.STEPPED_DOWN
         else:
-            outcome = Renewal.RENEWED
-        self._beat(beat, term if outcome is Renewal.RENEWED else None)
+            outcome = Renewal.PAUSED if self._pause_in_effect() else Renewal.RENEWED
+        self._beat(beat, term if outcome in (Renewal.RENEWED, Renewal.PAUSED) else None)
         return outcome
 
     def _step_down_requested(self, term: int) -> bool:
@@ -222,6 +232,9 @@ class FileLeaseStore:
     def claim(self, owner: str, term: int, runs: Mapping[str, str]) -> bool:
         if not self._ours(owner, term):
             return False
+        paused = self._pause_in_effect()
+        if paused is not None:
+            raise DispatchPaused(paused)
         state = self._read_state()
         state.setdefault("history", {}).update(runs)
         self._write_state(state)
@@ -316,6 +329,52 @@ class FileLeaseStore:
         if self._watch is None:
             self._watch = FileLockWatch(self.path)
         return self._watch
+
+    # -- pausing dispatch (celery_leaderbeat.pause.DispatchPauses) -------------
+
+    def _read_json(self, path: str) -> dict[str, Any] | None:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data: dict[str, Any] = json.load(fh)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise _os_error(f"cannot read {path}", exc) from exc
+        return data
+
+    def _pause_in_effect(self) -> DispatchPause | None:
+        found = self._read_json(self.pause_path)
+        if found is None:
+            return None
+        expires_at = found.get("expires_at")
+        expires_in = None if expires_at is None else float(expires_at) - time.time()
+        if expires_in is not None and expires_in <= 0:
+            return None
+        return DispatchPause.decode(found.get("pause") or "", expires_in)
+
+    def pause(self, pause: DispatchPause) -> None:
+        expires_at = None if pause.duration is None else time.time() + pause.duration
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        _replace(self.pause_path, {"pause": pause.encode(), "expires_at": expires_at})
+
+    def resume(self, resume: DispatchResume) -> DispatchPause | None:
+        ended = self._pause_in_effect()
+        if ended is None:
+            return None
+        try:
+            os.unlink(self.pause_path)  # only one unlink succeeds
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise _os_error(f"cannot remove {self.pause_path}", exc) from exc
+        _replace(self.resumed_path, {"resume": resume.encode(), "ended": ended.encode()})
+        return ended
+
+    def read_pause(self) -> PauseState:
+        resumed = self._read_json(self.resumed_path)
+        last = None if resumed is None else DispatchResume.decode(
+            resumed.get("resume") or "", resumed.get("ended"))
+        return PauseState(self._pause_in_effect(), last)
 
     def close(self) -> None:
         if self._watch is not None:

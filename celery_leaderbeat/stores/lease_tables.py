@@ -59,6 +59,18 @@ Atomicity:
   write lock (on SQLite the database's) before anything else is read, so no
   takeover can commit between the check and the writes, and SQLite's
   deferred BEGIN never has to upgrade a read lock (which could deadlock).
+- A pause of dispatch (:mod:`celery_leaderbeat.pause`) is four nullable
+  columns of the lease row: ``pause`` (the record), ``pause_expires_at``
+  (the database's clock; NULL until resumed), ``resume`` and
+  ``resumed_pause`` (the latest resume and the pause it ended). A claim's
+  fencing UPDATE also requires no pause in effect, so the pause is judged
+  under the same row lock as owner and term; when it matches no row, one
+  SELECT tells a pause (DispatchPaused) from a lost lease. A renewal that
+  extended the lease reads the pause in one more statement. Resume is one
+  UPDATE that moves ``pause`` to ``resumed_pause`` (MySQL assigns left to
+  right, so the move comes first). Tables made before these columns get
+  them in place (:meth:`.sql.SqlLeaseStore.create_tables`, Django's
+  migration 0004).
 - Nothing else holds a lock across a round trip, so a paused standby blocks
   nobody.
 """
@@ -81,6 +93,7 @@ from ..lease import (
     Renewal,
     StoreMisconfigured,
 )
+from ..pause import DispatchPause, DispatchPaused, DispatchResume, PauseState
 from ..registry import ReplicaRecord, StepDownRequest, sort_replicas
 
 __all__ = ["DIALECTS", "LeaseTableMissing", "LeaseTables", "SqlSession", "name_key",
@@ -155,6 +168,31 @@ NOTIFY_RELEASE = "SELECT pg_notify(:channel, :name)"
 
 # A write that changes nothing, to lock our row for the rest of the transaction.
 FENCE = "UPDATE {lease} SET term = term WHERE " + OURS
+
+# -- pausing dispatch (celery_leaderbeat.pause) ---------------------------------------
+
+#: A pause in effect: set and, when it has a duration, not run out on the database's clock.
+PAUSE_IN_EFFECT = "(pause IS NOT NULL AND (pause_expires_at IS NULL OR pause_expires_at > {now}))"
+
+# The claims' fence: ours, and no pause in effect.
+FENCE_UNPAUSED = FENCE + " AND NOT " + PAUSE_IN_EFFECT
+
+# After FENCE_UNPAUSED matched nothing: the pause, if that is why (else the lease is lost).
+PAUSED_FOR_US = "SELECT pause FROM {lease} WHERE " + OURS + " AND " + PAUSE_IN_EFFECT
+
+# After a renewal: is dispatch paused?
+PAUSED = "SELECT 1 FROM {lease} WHERE lease_key = :lease AND " + PAUSE_IN_EFFECT
+
+PAUSE = "UPDATE {lease} SET pause = :pause, pause_expires_at = NULL WHERE lease_key = :lease"
+PAUSE_FOR = ("UPDATE {lease} SET pause = :pause, pause_expires_at = {now} + :duration "
+             "WHERE lease_key = :lease")
+
+RESUME = ("UPDATE {lease} SET resumed_pause = pause, resume = :resume, pause = NULL, "
+          "pause_expires_at = NULL WHERE lease_key = :lease AND " + PAUSE_IN_EFFECT)
+
+PAUSE_STATE = ("SELECT CASE WHEN " + PAUSE_IN_EFFECT + " THEN pause END, "
+               "pause_expires_at - {now}, resume, resumed_pause FROM {lease} "
+               "WHERE lease_key = :lease")
 
 READ = """
 SELECT holder, term, acquired_at, renewed_at, expires_at - {now}, transitions
@@ -376,13 +414,15 @@ class LeaseTables:
         params = {"lease": self.key, "owner": owner, "term": term}
         with self._session(atomic=False) as session:
             if self._execute(session, RENEW, ttl=float(ttl), **params) == 1:
-                outcome = Renewal.RENEWED
+                paused = self._query(session, PAUSED, lease=self.key)
+                outcome = Renewal.PAUSED if paused else Renewal.RENEWED
             elif self._execute(session, ANSWER_STEP_DOWN, **params) == 1:
                 outcome = Renewal.STEPPED_DOWN
                 self._announce_release(session)
             else:
                 outcome = Renewal.LOST
-            self._beat(session, beat, term if outcome is Renewal.RENEWED else None)
+            self._beat(session, beat,
+                       term if outcome in (Renewal.RENEWED, Renewal.PAUSED) else None)
         return outcome
 
     def release(self, owner: str, term: int) -> bool:
@@ -421,16 +461,25 @@ class LeaseTables:
     # -- run history -------------------------------------------------------------
 
     def claim(self, owner: str, term: int, runs: Mapping[str, str]) -> bool:
-        return self._fenced(owner, term, list(runs), runs)
+        return self._fenced(owner, term, list(runs), runs, unless_paused=True)
 
     def forget(self, owner: str, term: int, names: Iterable[str]) -> bool:
         return self._fenced(owner, term, list(names), {})
 
-    def _fenced(self, owner: str, term: int, drop: list[str], write: Mapping[str, str]) -> bool:
-        """In one transaction: lock our lease row, drop ``drop``, then insert ``write``."""
+    def _fenced(self, owner: str, term: int, drop: list[str], write: Mapping[str, str],
+                unless_paused: bool = False) -> bool:
+        """In one transaction: lock our lease row, drop ``drop``, then insert ``write``.
+
+        With ``unless_paused``, raise DispatchPaused (writing nothing) while a
+        pause is in effect."""
+        fence = FENCE_UNPAUSED if unless_paused else FENCE
         try:
             with self._session(atomic=True) as session:
-                if self._execute(session, FENCE, lease=self.key, owner=owner, term=term) != 1:
+                if self._execute(session, fence, lease=self.key, owner=owner, term=term) != 1:
+                    paused = unless_paused and self._query(
+                        session, PAUSED_FOR_US, lease=self.key, owner=owner, term=term)
+                    if paused:
+                        raise DispatchPaused(DispatchPause.decode(paused[0][0]))
                     return False
                 if drop:
                     marks = ", ".join(f":e{i}" for i in range(len(drop)))
@@ -490,6 +539,37 @@ class LeaseTables:
                 return None
             holder, term = self._query(session, ASKED, lease=self.key)[0]
         return StepDownRequest(holder, int(term))
+
+    # -- pausing dispatch (celery_leaderbeat.pause.DispatchPauses) ---------------
+
+    def pause(self, pause: DispatchPause) -> None:
+        with self._session(atomic=True) as session:
+            self._execute(session, CREATE_ROW[self.dialect], lease=self.key,
+                          lease_name=self.name)  # a lease nobody has held yet
+            if pause.duration is None:
+                self._execute(session, PAUSE, lease=self.key, pause=pause.encode())
+            else:
+                self._execute(session, PAUSE_FOR, lease=self.key, pause=pause.encode(),
+                              duration=float(pause.duration))
+
+    def resume(self, resume: DispatchResume) -> DispatchPause | None:
+        with self._session(atomic=True) as session:
+            if not self._execute(session, RESUME, lease=self.key, resume=resume.encode()):
+                return None
+            rows = self._query(session, "SELECT resumed_pause FROM {lease} "
+                                        "WHERE lease_key = :lease", lease=self.key)
+        return DispatchPause.decode(rows[0][0])
+
+    def read_pause(self) -> PauseState:
+        with self._session(atomic=False) as session:
+            rows = self._query(session, PAUSE_STATE, lease=self.key)
+        if not rows:
+            return PauseState(None)
+        pause, expires_in, resume, ended = rows[0]
+        return PauseState(
+            None if pause is None else DispatchPause.decode(
+                pause, None if expires_in is None else max(0.0, float(expires_in))),
+            None if resume is None else DispatchResume.decode(resume, ended))
 
 
 def _seconds(value: Any) -> float | None:

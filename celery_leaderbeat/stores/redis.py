@@ -11,6 +11,10 @@ Keys, all in one Redis Cluster slot thanks to the ``{name}`` hash tag:
   ``...:replicas:expiry`` (sorted set identity -> expiry, ms on the Redis
   clock): the replica registry, written by the acquire and renew scripts.
   ``...:step_down``: the term asked to let go, seen by its renewal.
+- ``leaderbeat:{name}:pause``: the pause of dispatch in effect (a
+  :class:`~celery_leaderbeat.pause.DispatchPause` record), with a PEXPIRE
+  for ``pause --for``; the CLAIM script refuses while it exists, the RENEW
+  script says so. ``...:resumed``: hash (resume, ended) of the latest resume.
 
 Every mutation checks owner token and term inside one script. Limits: a
 Redis that loses data (restart without persistence, failover to a replica
@@ -47,6 +51,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..lease import Acquisition, LeaseRecord, Renewal, StoreMisconfigured, StoreUnavailable
+from ..pause import DispatchPause, DispatchPaused, DispatchResume, PauseState
 from ..registry import STEP_DOWN_TTL, ReplicaRecord, StepDownRequest, sort_replicas
 from .redis_options import broker_connection_options, client_options, setting_of
 from .redis_watch import RedisReleaseWatch
@@ -181,11 +186,12 @@ if replicas > 0 then
 end
 """
 
-# KEYS: lease, step_down, replicas, expiry. ARGV: owner, term, ttl_ms, identity,
-# heartbeat record ('' for none), its ttl_ms, release channel. Returns 1 if
-# renewed, 0 if not ours, -1 if a replica was lost (OWNS), 2 if a step-down was
-# requested for this term: then the lease is released (and the release
-# published) and the request cleared, so it is seen once.
+# KEYS: lease, step_down, replicas, expiry, pause. ARGV: owner, term, ttl_ms,
+# identity, heartbeat record ('' for none), its ttl_ms, release channel. Returns
+# 1 if renewed, 3 if renewed while dispatch is paused, 0 if not ours, -1 if a
+# replica was lost (OWNS), 2 if a step-down was requested for this term: then
+# the lease is released (and the release published) and the request cleared,
+# so it is seen once.
 RENEW = BEAT + OWNS + """
 if redis.call('GET', KEYS[2]) == ARGV[2] then
   redis.call('DEL', KEYS[1], KEYS[2])
@@ -197,6 +203,7 @@ local t = redis.call('TIME')
 redis.call('HSET', KEYS[1], 'renewed_at', t[1] .. '.' .. string.format('%06d', t[2]))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 beat(KEYS[3], KEYS[4], ARGV[4], 'leader', ARGV[2], ARGV[5], ARGV[6])
+if redis.call('EXISTS', KEYS[5]) == 1 then return 3 end
 return 1
 """
 
@@ -210,10 +217,13 @@ redis.call('PUBLISH', ARGV[3], ARGV[2])
 return 1
 """
 
-# KEYS: lease, history. ARGV: owner, term, then name/record pairs. Returns 1 +
-# the number of replicas that must hold the records if every record was written;
-# 0 if not ours, -1 if a replica was lost (OWNS), writing nothing.
+# KEYS: lease, history, pause. ARGV: owner, term, then name/record pairs. Returns
+# 1 + the number of replicas that must hold the records if every record was
+# written; 0 if not ours, -1 if a replica was lost (OWNS), the pause record
+# while dispatch is paused, writing nothing.
 CLAIM = OWNS + """
+local paused = redis.call('GET', KEYS[3])
+if paused then return paused end
 for i = 3, #ARGV, 2 do
   redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
 end
@@ -257,6 +267,36 @@ for i = 1, #live, 2 do
   end
 end
 return out
+"""
+
+# KEYS: pause. ARGV: pause record, its ttl_ms (0: until resumed). Returns how many
+# replicas are online, for the replica guard to WAIT for (a pause lost in a
+# failover would let dispatch resume unasked).
+PAUSE = ONLINE + """
+if tonumber(ARGV[2]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return online_replicas()
+"""
+
+# KEYS: pause, resumed. Returns {pause record or false, its PTTL, resume record or
+# false, the pause it ended or false}: one script rather than a MULTI, so it runs
+# unchanged on a cluster.
+READ_PAUSE = """
+local last = redis.call('HMGET', KEYS[2], 'resume', 'ended')
+return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1]), last[1], last[2]}
+"""
+
+# KEYS: pause, resumed. ARGV: resume record. Ends the pause in effect, keeping the
+# resume and the pause it ended; returns that pause, or nil (writing nothing).
+RESUME = """
+local paused = redis.call('GET', KEYS[1])
+if not paused then return nil end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[2], 'resume', ARGV[1], 'ended', paused)
+return paused
 """
 
 # KEYS: lease, step_down. ARGV: request ttl_ms. Returns {identity, term} of the
@@ -329,6 +369,10 @@ class RedisLeaseStore:
             f"{prefix}:replicas", f"{prefix}:replicas:expiry", f"{prefix}:step_down")
         self._replicas, self._step_down, self._withdraw = (
             client.register_script(script) for script in (REPLICAS, STEP_DOWN, WITHDRAW))
+        # Pausing dispatch (celery_leaderbeat.pause.DispatchPauses).
+        self.pause_key, self.resumed_key = f"{prefix}:pause", f"{prefix}:resumed"
+        self._pause, self._resume, self._read_pause = (
+            client.register_script(script) for script in (PAUSE, RESUME, READ_PAUSE))
 
     @classmethod
     def from_url(cls, url: str, settings: LeaderSettings) -> RedisLeaseStore:
@@ -413,7 +457,8 @@ class RedisLeaseStore:
 
     def renew(self, owner: str, term: int, ttl: float, *,
               beat: ReplicaRecord | None = None) -> Renewal:
-        keys = [self.lease_key, self.step_down_key, self.replicas_key, self.expiry_key]
+        keys = [self.lease_key, self.step_down_key, self.replicas_key, self.expiry_key,
+                self.pause_key]
         identity = "" if beat is None else beat.identity
         outcome = int(self._call(self._renew, keys,
                                  [owner, term, _ms(ttl), identity, *_beat_args(beat),
@@ -435,12 +480,15 @@ class RedisLeaseStore:
         args: list[Any] = [owner, term]
         for name, record in runs.items():
             args += [name, record]
-        outcome = int(self._confirmed(self._claim, [self.lease_key, self.history_key], args,
-                                      lambda reply: max(0, int(reply) - 1)))
-        if outcome == -1:
+        outcome = self._confirmed(
+            self._claim, [self.lease_key, self.history_key, self.pause_key], args,
+            lambda reply: 0 if isinstance(reply, (bytes, str)) else max(0, int(reply) - 1))
+        if isinstance(outcome, (bytes, str)):
+            raise DispatchPaused(DispatchPause.decode(outcome))
+        if int(outcome) == -1:
             self._master_may_have_moved()
             _replica_lost(term, "claim")
-        return outcome > 0
+        return int(outcome) > 0
 
     def forget(self, owner: str, term: int, names: Iterable[str]) -> bool:
         args: list[Any] = [owner, term, *names]
@@ -489,6 +537,30 @@ class RedisLeaseStore:
         held = self._call(self._step_down, [self.lease_key, self.step_down_key],
                           [_ms(STEP_DOWN_TTL)])
         return StepDownRequest(_text(held[0]), int(held[1])) if held else None
+
+    # -- pausing dispatch (celery_leaderbeat.pause.DispatchPauses) -------------
+
+    def pause(self, pause: DispatchPause) -> None:
+        """Hold dispatch (``pause --for``: for ``pause.duration`` s on the Redis clock).
+
+        With the replica guard on, the pause counts only once the replicas
+        hold it: StoreUnavailable otherwise, and the caller asks again.
+        """
+        expiry = 0 if pause.duration is None else _ms(pause.duration)
+        replicas_of = (lambda online: int(online)) if self.min_replicas > 0 else (lambda _: 0)
+        self._confirmed(self._pause, [self.pause_key], [pause.encode(), expiry], replicas_of)
+
+    def resume(self, resume: DispatchResume) -> DispatchPause | None:
+        ended = self._call(self._resume, [self.pause_key, self.resumed_key], [resume.encode()])
+        return None if ended is None else DispatchPause.decode(ended)
+
+    def read_pause(self) -> PauseState:
+        paused, pttl, resume, ended = self._call(
+            self._read_pause, [self.pause_key, self.resumed_key], [])
+        expires_in = pttl / 1000.0 if pttl and pttl > 0 else None
+        return PauseState(
+            DispatchPause.decode(paused, expires_in) if paused else None,
+            DispatchResume.decode(resume, ended or None) if resume else None)
 
     def close(self) -> None:
         # Leave a connection in use alone: beat's SIGTERM handler closes us while
@@ -556,7 +628,8 @@ def _ms(seconds: float) -> int:
 
 
 #: RENEW's answers.
-RENEWALS = {1: Renewal.RENEWED, 0: Renewal.LOST, -1: Renewal.LOST, 2: Renewal.STEPPED_DOWN}
+RENEWALS = {1: Renewal.RENEWED, 0: Renewal.LOST, -1: Renewal.LOST, 2: Renewal.STEPPED_DOWN,
+            3: Renewal.PAUSED}
 
 
 def _beat_args(beat: ReplicaRecord | None) -> list[Any]:

@@ -116,6 +116,11 @@ def lease_metadata(lease_table: str, run_table: str, replica_table: str) -> sa.M
         sa.Column("transitions", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("last_holder_key", KEY),
         sa.Column("step_down_term", sa.BigInteger),
+        # A pause of dispatch and the latest resume (celery_leaderbeat.pause).
+        sa.Column("pause", sa.Text),
+        sa.Column("pause_expires_at", sa.Float(53)),
+        sa.Column("resume", sa.Text),
+        sa.Column("resumed_pause", sa.Text),
         **TABLE_OPTIONS,
     )
     sa.Table(
