@@ -19,7 +19,12 @@ from typing import Any, Callable
 import pytest
 import redis
 
-from celery_leaderbeat.lease import LeaseElector, LeaseTiming, StoreUnavailable
+from celery_leaderbeat.lease import (
+    LeaseElector,
+    LeaseTiming,
+    StoreMisconfigured,
+    StoreUnavailable,
+)
 from celery_leaderbeat.settings import LeaderSettings
 from celery_leaderbeat.stores.etcd import EtcdLeaseStore
 from celery_leaderbeat.stores.redis import RedisLeaseStore
@@ -519,6 +524,42 @@ def test_an_etcd_watch_lost_while_a_release_happened_still_delivers_it(
             assert standby.wait_for_release(5.0) is True
             assert time.monotonic() - started < 1.0
             assert watch._stream.member != listened_on  # type: ignore[union-attr]
+        finally:
+            standby.close()
+            holder.close()
+
+
+@needs_etcd
+@pytest.mark.parametrize("secured", ["login", "tls"])
+def test_an_etcd_watch_logs_in_and_speaks_tls_as_the_store_does(
+        secured: str, lease_name: str) -> None:
+    """The watch's own connection uses the store's login and TLS; a token the member
+    no longer knows is renewed, as for every call."""
+    with EtcdCluster(1, tls=secured == "tls") as etcd:
+        url, options = etcd.url, etcd.tls_options
+        if secured == "login":
+            etcd.enable_login("s3cret-pw")
+            anonymous = _etcd_store(url, lease_name).release_watch()
+            with pytest.raises(StoreMisconfigured, match="user name is empty"):
+                anonymous.wait(0.5)
+            url = url.replace("etcd://", "etcd://root:s3cret-pw@")
+
+        def store() -> EtcdLeaseStore:
+            return EtcdLeaseStore.from_url(url, LeaderSettings(
+                elector=url, lease_name=lease_name, identity="t", timing=LONG_RETRY,
+                etcd_options=options))
+
+        holder = LeaseElector(store(), identity="holder", timing=LONG_RETRY)
+        standby = LeaseElector(store(), identity="standby", timing=LONG_RETRY)
+        try:
+            assert holder.is_leader()
+            assert not _leads(standby)
+            if secured == "login":  # a token the member no longer knows
+                standby.store.gateway._tokens[0] = "stale.1"  # type: ignore[attr-defined]
+            assert standby.wait_for_release(0.2) is False
+            threading.Timer(0.2, holder.release).start()
+            assert standby.wait_for_release(5.0) is True
+            assert standby.is_leader()
         finally:
             standby.close()
             holder.close()

@@ -164,11 +164,11 @@ class EtcdGateway:
                     if isinstance(exc, (HTTPError, OSError, ValueError)):
                         raise self._failure(index, exc) from exc
                     raise
-                if status == 200 and "result" in first:
+                result = first.get("result")
+                if status == 200 and isinstance(result, dict) and not result.get("canceled"):
                     return stream
                 stream.close()
-                error = first.get("error")  # a stream's error comes as {"error": {...}}
-                self._judge(index, status, error if isinstance(error, dict) else first, attempt)
+                self._judge(index, status, _stream_error(first), attempt)
             raise AssertionError("unreachable")  # pragma: no cover
 
         start = None if after is None else (self.endpoints.index(after) + 1) % len(self._pools)
@@ -360,6 +360,29 @@ class EtcdStream:
         with contextlib.suppress(Exception):  # gone either way
             self._response.release_conn()
         self._pool.close()
+
+
+#: gRPC status names, as a canceled watch gives its reason ("rpc error: code = ...").
+GRPC_CODES = {"DeadlineExceeded": 4, "PermissionDenied": 7, "Unavailable": 14,
+              "Unauthenticated": 16}
+
+
+def _stream_error(first: dict[str, Any]) -> dict[str, Any]:
+    """A refused stream's first message as a call's error answer (code, message).
+
+    The gateway refuses with ``{"error": {...}}``; etcd itself refuses a watch
+    (no login, a bad token, no permission) with a result that is created and
+    canceled at once, naming the gRPC code in its ``cancel_reason``.
+    """
+    error = first.get("error")
+    if isinstance(error, dict):
+        return error
+    result = first.get("result")
+    if isinstance(result, dict) and result.get("canceled"):
+        reason = str(result.get("cancel_reason") or "etcd canceled the stream")
+        name = reason.partition("code = ")[2].partition(" ")[0]
+        return {"code": GRPC_CODES.get(name, 0), "message": reason}
+    return first
 
 
 def _object(line: bytes) -> dict[str, Any]:
