@@ -447,6 +447,21 @@ def _etcd_store(url: str, lease: str, timing: LeaseTiming = LONG_RETRY) -> EtcdL
                                                        identity="t", timing=timing))
 
 
+@contextlib.contextmanager
+def holder_and_standby(
+        make_store: Callable[[], EtcdLeaseStore]) -> Iterator[tuple[LeaseElector, LeaseElector]]:
+    """A holder that leads and a standby that saw it lead (not yet watching)."""
+    holder = LeaseElector(make_store(), identity="holder", timing=LONG_RETRY)
+    standby = LeaseElector(make_store(), identity="standby", timing=LONG_RETRY)
+    try:
+        assert holder.is_leader()
+        assert not _leads(standby)
+        yield holder, standby
+    finally:
+        standby.close()
+        holder.close()
+
+
 @pytest.mark.processes
 @needs_etcd
 def test_a_crashed_leader_is_taken_over_at_its_etcd_lease_expiry(
@@ -479,22 +494,13 @@ def test_a_crashed_leader_is_taken_over_at_its_etcd_lease_expiry(
 @needs_etcd
 def test_an_etcd_watch_starts_from_the_lease_the_standby_saw(lease_name: str) -> None:
     """A release between the standby's attempt and its watch's start is delivered."""
-    with EtcdCluster(1) as etcd:
-        holder = LeaseElector(_etcd_store(etcd.url, lease_name), identity="holder",
-                              timing=LONG_RETRY)
-        standby = LeaseElector(_etcd_store(etcd.url, lease_name), identity="standby",
-                               timing=LONG_RETRY)
-        try:
-            assert holder.is_leader()
-            assert not _leads(standby)  # it saw the holder's lease
-            holder.release()  # before the standby watches
+    with EtcdCluster(1) as etcd, holder_and_standby(
+            lambda: _etcd_store(etcd.url, lease_name)) as (holder, standby):
+            holder.release()  # after the standby saw it, before the standby watches
             started = time.monotonic()
             assert standby.wait_for_release(5.0) is True
             assert time.monotonic() - started < 1.0
             assert standby.is_leader()
-        finally:
-            standby.close()
-            holder.close()
 
 
 @needs_etcd
@@ -503,30 +509,21 @@ def test_an_etcd_watch_lost_while_a_release_happened_still_delivers_it(
     """The watch's member dies and the lease is released before the standby waits
     again: the watch, re-created on another member from the revision it had
     reached, delivers the release."""
-    with EtcdCluster(3) as etcd:
-        holder = LeaseElector(_etcd_store(etcd.url, lease_name), identity="holder",
-                              timing=LONG_RETRY)
-        standby = LeaseElector(_etcd_store(etcd.url, lease_name), identity="standby",
-                               timing=LONG_RETRY)
-        try:
-            assert holder.is_leader()
-            assert not _leads(standby)
-            assert standby.wait_for_release(0.2) is False  # watching, nothing happened
-            watch = standby._watch
-            listened_on = watch._stream.member  # type: ignore[union-attr]
-            etcd.kill(next(m for m in etcd.members
-                           if m.endpoint == "{}:{}".format(*listened_on)))
-            etcd.wait_for_leader()
-            wait_for(lambda: holder.store.read() is not None, 10, message="etcd answers")
-            holder.release()
-            assert holder.store.read() is None
-            started = time.monotonic()
-            assert standby.wait_for_release(5.0) is True
-            assert time.monotonic() - started < 1.0
-            assert watch._stream.member != listened_on  # type: ignore[union-attr]
-        finally:
-            standby.close()
-            holder.close()
+    with EtcdCluster(3) as etcd, holder_and_standby(
+            lambda: _etcd_store(etcd.url, lease_name)) as (holder, standby):
+        assert standby.wait_for_release(0.2) is False  # watching, nothing happened
+        watch = standby._watch
+        listened_on = watch._stream.member  # type: ignore[union-attr]
+        etcd.kill(next(m for m in etcd.members
+                       if m.endpoint == "{}:{}".format(*listened_on)))
+        etcd.wait_for_leader()
+        wait_for(lambda: holder.store.read() is not None, 10, message="etcd answers")
+        holder.release()
+        assert holder.store.read() is None
+        started = time.monotonic()
+        assert standby.wait_for_release(5.0) is True
+        assert time.monotonic() - started < 1.0
+        assert watch._stream.member != listened_on  # type: ignore[union-attr]
 
 
 @needs_etcd
@@ -549,20 +546,13 @@ def test_an_etcd_watch_logs_in_and_speaks_tls_as_the_store_does(
                 elector=url, lease_name=lease_name, identity="t", timing=LONG_RETRY,
                 etcd_options=options))
 
-        holder = LeaseElector(store(), identity="holder", timing=LONG_RETRY)
-        standby = LeaseElector(store(), identity="standby", timing=LONG_RETRY)
-        try:
-            assert holder.is_leader()
-            assert not _leads(standby)
+        with holder_and_standby(store) as (holder, standby):
             if secured == "login":  # a token the member no longer knows
                 standby.store.gateway._tokens[0] = "stale.1"  # type: ignore[attr-defined]
             assert standby.wait_for_release(0.2) is False
             threading.Timer(0.2, holder.release).start()
             assert standby.wait_for_release(5.0) is True
             assert standby.is_leader()
-        finally:
-            standby.close()
-            holder.close()
 
 
 @needs_etcd
@@ -629,3 +619,23 @@ def test_a_listening_etcd_standby_asks_about_once_per_lease(
         ttl = LeaseTiming().ttl
         assert requests.count("kv/txn") <= window / ttl + 1, requests
         assert len(requests) <= 2 * (window / ttl + 1), requests
+
+
+@needs_etcd
+def test_an_etcd_watch_on_a_member_cut_off_from_its_leader_ends(lease_name: str) -> None:
+    """The other two members paused: the watch's member has no Raft leader, etcd
+    cancels the watch (it asked for a leader), and the standby stops trusting it."""
+    with EtcdCluster(3) as etcd, holder_and_standby(
+            lambda: _etcd_store(etcd.url, lease_name)) as (_, standby):
+        assert standby.wait_for_release(0.2) is False
+        watch = standby._watch
+        listened_on = "{}:{}".format(*watch._stream.member)  # type: ignore[union-attr]
+        others = [m for m in etcd.members if m.endpoint != listened_on]
+        for member in others:
+            etcd.pause(member)
+        try:
+            wait_for(lambda: watch._lost is not None, 15,  # type: ignore[union-attr]
+                     message="the watch canceled")
+        finally:
+            for member in others:
+                etcd.resume(member)

@@ -55,6 +55,17 @@ below its minimum (1.5 election timeouts, rounded up: 2 s with the default
 :data:`MIN_LEASE_TTL` is refused at start-up, and a grant longer than asked
 is logged once (takeover then takes longer than configured).
 
+Push (celery_leaderbeat.watch): :meth:`EtcdLeaseStore.release_watch` is an
+etcd watch on the lease key (:mod:`.etcd_watch`). etcd deletes the key at a
+release, at a step-down and when the etcd lease expires, so the watch tells
+a standby of all three, and the operations here need no change to push.
+``acquire`` reports no ``expires_in``, on purpose: after a crash the key
+stays until etcd's Raft leader expires the etcd lease (it checks every
+0.5 s), so an attempt at the remaining TTL it reports (whole seconds, one
+more request per attempt) could only come early; the DELETE event marks
+the first moment an acquire can succeed. A standby then asks about once
+per TTL (the fallback for a watch that went quiet without closing).
+
 Retries: :class:`~.etcd_gateway.EtcdGateway` repeats a call on another
 member when one did not answer, so a call may be applied twice. Each is
 safe twice: a repeated acquire finds the lease already ours, a repeated
