@@ -504,6 +504,26 @@ def test_an_etcd_watch_starts_from_the_lease_the_standby_saw(lease_name: str) ->
 
 
 @needs_etcd
+def test_an_etcd_watch_whose_start_was_compacted_away_says_look_now(lease_name: str) -> None:
+    """Released and taken again, then etcd compacted its history past what the
+    standby saw: the watch cannot replay, so it starts afresh and says "look now"."""
+    with EtcdCluster(1) as etcd, holder_and_standby(
+            lambda: _etcd_store(etcd.url, lease_name)) as (holder, standby):
+        holder.release()
+        other = LeaseElector(_etcd_store(etcd.url, lease_name), identity="other",
+                             timing=LONG_RETRY)
+        assert other.is_leader()
+        revision = etcd.members[0].call("kv/range", {"key": "eA=="})["header"]["revision"]
+        etcd.members[0].call("kv/compaction", {"revision": revision, "physical": True})
+        started = time.monotonic()
+        assert standby.wait_for_release(5.0) is True
+        assert time.monotonic() - started < 1.0
+        with pytest.raises(Exception, match="held by other"):
+            standby.is_leader()
+        other.close()
+
+
+@needs_etcd
 def test_an_etcd_watch_lost_while_a_release_happened_still_delivers_it(
         lease_name: str) -> None:
     """The watch's member dies and the lease is released before the standby waits

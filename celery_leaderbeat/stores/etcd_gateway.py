@@ -165,8 +165,9 @@ class EtcdGateway:
                         raise self._failure(index, exc) from exc
                     raise
                 result = first.get("result")
-                if status == 200 and isinstance(result, dict) and not result.get("canceled"):
-                    return stream
+                if status == 200 and isinstance(result, dict) and (
+                        not result.get("canceled") or int(result.get("compact_revision", 0))):
+                    return stream  # a watch canceled for compaction: the watch's to handle
                 stream.close()
                 self._judge(index, status, _stream_error(first), attempt)
             raise AssertionError("unreachable")  # pragma: no cover
