@@ -1,23 +1,24 @@
 """Graceful handover: from the leader's release to a standby's acquisition, pull against push.
 
 Two real ``celery beat`` replicas per trial, default lease timing, the lease
-in Redis, PostgreSQL or a file lock. Once the standby has asked the store
-(it logged that it stands by), the leader gets SIGTERM: beat's handler
-closes the scheduler, which releases the lease. An observer reads the lease
-every millisecond and notes when it was last seen held by the old leader and
-first seen held by the standby; "release -> acquired" is the difference
+in Redis, PostgreSQL, a file lock or a private one-member etcd. Once the
+standby has asked the store (it logged that it stands by), the leader gets
+SIGTERM: beat's handler closes the scheduler, which releases the lease. An
+observer reads the lease every millisecond and notes when it was last seen
+held by the old leader and first seen held by the standby; "release -> acquired" is the difference
 (within the observer's 1 ms poll; a handover faster than one poll reads as
 0-1 ms), "SIGTERM -> acquired" adds beat's shutdown up to the release.
 
 ``pull`` is ``leaderbeat_push = False`` (a standby asks every retry interval,
 0.5 s); ``push`` the default (the store tells it). Same run, same machine.
 
-    python benchmarks/handover.py                         # redis, postgresql, file; 5 trials
-    python benchmarks/handover.py --stores redis --trials 20
+    python benchmarks/handover.py                         # redis, postgresql, file, etcd; 5 trials
+    python benchmarks/handover.py --stores etcd --trials 20
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import sys
@@ -31,16 +32,17 @@ from benchmarks.common import describe_run, parser, print_table, private_redis
 from celery_leaderbeat.lease import LeaseTiming
 from celery_leaderbeat.settings import LeaderSettings
 from celery_leaderbeat.stores.sql import SqlLeaseStore
-from celery_leaderbeat.testing import BeatCluster, wait_for
+from celery_leaderbeat.testing import BeatCluster, EtcdCluster, wait_for
 
 POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 
 
-def trial(broker: str, store: str, push: bool, directory: str) -> tuple[float, float]:
+def trial(broker: str, store: str, push: bool, directory: str,
+          etcd: str | None) -> tuple[float, float]:
     """One handover; (SIGTERM -> acquired, release -> acquired) in seconds."""
     lease = f"handover-{uuid.uuid4().hex[:10]}"
     table = f"lbhandover_{uuid.uuid4().hex[:10]}"
-    elector = {"redis": broker, "postgresql": POSTGRES,
+    elector = {"redis": broker, "postgresql": POSTGRES, "etcd": etcd,
                "file": f"file://{directory}/{lease}.lock"}[store]
     conf = {"leaderbeat_push": push, "leaderbeat_sql_table": table}
     cluster = BeatCluster(broker, 2, lease_name=lease, elector=elector, conf=conf,
@@ -84,15 +86,18 @@ def trial(broker: str, store: str, push: bool, directory: str) -> tuple[float, f
 
 def main() -> None:
     args = parser(__doc__)
-    args.add_argument("--stores", default="redis,postgresql,file")
+    args.add_argument("--stores", default="redis,postgresql,file,etcd")
     args.add_argument("--trials", type=int, default=5)
     options = args.parse_args()
+    stores = options.stores.split(",")
     rows = []
-    with private_redis() as broker, tempfile.TemporaryDirectory() as directory:
+    with private_redis() as broker, tempfile.TemporaryDirectory() as directory, \
+            contextlib.ExitStack() as stack:
+        etcd = stack.enter_context(EtcdCluster(1)).url if "etcd" in stores else None
         describe_run("Graceful handover", broker)
-        for store in options.stores.split(","):
+        for store in stores:
             for push in (False, True):
-                results = [trial(broker.url, store, push, directory)
+                results = [trial(broker.url, store, push, directory, etcd)
                            for _ in range(options.trials)]
                 term = [r[0] * 1000 for r in results]
                 free = [r[1] * 1000 for r in results]

@@ -4,8 +4,9 @@ A store that can push implements :class:`PushingStore` beside the
 :class:`~celery_leaderbeat.lease.LeaseStore` protocol: ``release_watch()``
 opens a :class:`ReleaseWatch` on one dedicated connection of its own (a
 Redis subscription, a PostgreSQL ``LISTEN``, a blocking wait on the file
-lock). The store pushes from the very operations that free the lease: the
-graceful release and the step-down answered at a renewal. A store without
+lock, an etcd watch). The store pushes from the very operations that free
+the lease: the graceful release and the step-down answered at a renewal
+(etcd reports the key's deletion itself, an expiry included). A store without
 it (MySQL/MariaDB, SQLite, a third-party store) works exactly as before:
 its standbys try every ``retry_interval``.
 
@@ -27,7 +28,8 @@ instead of sleeping, and asks the store again when:
   handover by one lease at the most;
 - the watch was (re)opened: nothing pushed while it was not listening is
   known, so the standby looks once right after, with the watch already in
-  place (no window in which a release is missed by both).
+  place (no window in which a release is missed by both). A watch that
+  can replay what it missed (etcd's, from a revision) need not say so.
 
 Pushes are hints, never trusted: every wake-up is an ordinary acquire
 attempt, judged atomically by the store.
@@ -60,10 +62,10 @@ class ReleaseWatch(Protocol):
         """Block up to ``timeout`` seconds; True as soon as the lease may have been let go.
 
         True when a release or step-down was pushed, or when the watch has
-        just (re)opened its connection (what was pushed before is unknown);
+        just (re)opened its connection and what was pushed before is unknown;
         False when the time ran out. Raises ``StoreUnavailable`` when it
-        cannot listen (then it waited not at all): it tries to reopen at the
-        next call.
+        cannot listen (then it waited less than ``timeout``, often not at
+        all): it tries to reopen at the next call.
         """
         ...  # pragma: no cover
 

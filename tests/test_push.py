@@ -7,6 +7,7 @@ standby that only polled at that interval (today's behaviour, and what
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
@@ -18,13 +19,31 @@ from typing import Any, Callable
 import pytest
 import redis
 
-from celery_leaderbeat.lease import LeaseElector, LeaseTiming, StoreUnavailable
+from celery_leaderbeat.lease import (
+    LeaseElector,
+    LeaseTiming,
+    StoreMisconfigured,
+    StoreUnavailable,
+)
 from celery_leaderbeat.settings import LeaderSettings
+from celery_leaderbeat.stores.etcd import EtcdLeaseStore
 from celery_leaderbeat.stores.redis import RedisLeaseStore
 from celery_leaderbeat.stores.sql import SqlLeaseStore
-from celery_leaderbeat.testing import BeatCluster, RedisServer, redis_store, wait_for
+from celery_leaderbeat.testing import (
+    BeatCluster,
+    EtcdCluster,
+    RedisServer,
+    etcd_executable,
+    redis_store,
+    wait_for,
+)
 
 POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+
+needs_etcd = pytest.mark.skipif(etcd_executable() is None,
+                                reason="etcd is not installed (make servers installs it)")
+#: The etcd parameter of the tests every pushing store runs.
+ETCD = pytest.param("etcd", marks=needs_etcd)
 
 #: A standby that only polled would take 10 s; one that is told takes milliseconds.
 LONG_RETRY = LeaseTiming(ttl=20.0, renew_interval=0.5, retry_interval=10.0)
@@ -84,8 +103,17 @@ def _table(lease_name: str) -> str:
 # -- real beat processes: graceful handover ---------------------------------------
 
 
+def _elector_url(store: str, redis_server: RedisServer, tmp_path: Path,
+                 stack: contextlib.ExitStack) -> str:
+    """Where the replicas of a test keep their lease; a private etcd when it is etcd."""
+    if store == "etcd":
+        return stack.enter_context(EtcdCluster(1)).url
+    return {"redis": redis_server.url, "postgresql": POSTGRES,
+            "file": f"file://{tmp_path}/locks/beat.lock"}[store]
+
+
 @pytest.mark.processes
-@pytest.mark.parametrize("store", ["redis", "postgresql", "file"])
+@pytest.mark.parametrize("store", ["redis", "postgresql", "file", ETCD])
 def test_a_graceful_handover_is_pushed_faster_than_the_retry_interval(
         store: str, redis_server: RedisServer, lease_name: str, tmp_path: Path,
         request: pytest.FixtureRequest) -> None:
@@ -94,12 +122,13 @@ def test_a_graceful_handover_is_pushed_faster_than_the_retry_interval(
     Then SIGTERM a standby waiting on its watch (for up to one 20 s lease):
     it exits at once, as beat's handler asks.
     """
-    elector = {"redis": redis_server.url, "postgresql": POSTGRES,
-               "file": f"file://{tmp_path}/locks/beat.lock"}[store]
     conf = {"leaderbeat_sql_table": _table(lease_name)} if store == "postgresql" else {}
     failed_before = request.session.testsfailed
-    with BeatCluster(redis_server.url, 3, lease_name=lease_name, queue=lease_name,
-                     elector=elector, timing=LONG_RETRY, conf=conf) as cluster:
+    with contextlib.ExitStack() as stack:
+        elector = _elector_url(store, redis_server, tmp_path, stack)
+        cluster = stack.enter_context(BeatCluster(
+            redis_server.url, 3, lease_name=lease_name, queue=lease_name, elector=elector,
+            timing=LONG_RETRY, conf=conf))
         if store == "postgresql":  # the observer reads our table, not the default one
             cluster._store = SqlLeaseStore.from_url(
                 POSTGRES, _sql_settings(lease_name, _table(lease_name)))
@@ -139,10 +168,14 @@ def _drop_tables(table: str) -> None:
 
 
 @pytest.mark.processes
+@pytest.mark.parametrize("store", ["redis", ETCD])
 def test_a_step_down_is_pushed_faster_than_the_retry_interval(
-        redis_server: RedisServer, lease_name: str) -> None:
-    with BeatCluster(redis_server.url, 2, lease_name=lease_name, queue=lease_name,
-                     timing=LONG_RETRY) as cluster:
+        store: str, redis_server: RedisServer, lease_name: str, tmp_path: Path) -> None:
+    with contextlib.ExitStack() as stack:
+        elector = _elector_url(store, redis_server, tmp_path, stack)
+        cluster = stack.enter_context(BeatCluster(
+            redis_server.url, 2, lease_name=lease_name, queue=lease_name, elector=elector,
+            timing=LONG_RETRY))
         old = wait_for(cluster.leader_by_lease, 30, message="a leader")
         other = next(r for r in cluster.replicas if r is not old)
         wait_for(lambda: "is a standby" in other.log(), 30, message="the standby asked once")
@@ -232,6 +265,28 @@ def assert_release_is_pushed(holder: LeaseElector, standby: Standby, told: int) 
     assert standby.led_at is not None and standby.led_at - released_at < 1.0
 
 
+@contextlib.contextmanager
+def renewing(holder: LeaseElector) -> Iterator[LeaseElector]:
+    """``holder`` leads, renewing from a thread as its scheduler would; lets go at the end."""
+    assert holder.is_leader()
+    stop = threading.Event()
+
+    def lead() -> None:
+        while not stop.is_set():
+            _leads(holder)
+            time.sleep(0.1)
+
+    leader = threading.Thread(target=lead, daemon=True)
+    leader.start()
+    try:
+        yield holder
+    finally:
+        stop.set()
+        leader.join()
+        holder.release()
+        holder.close()
+
+
 def _leads(elector: LeaseElector) -> bool:
     try:
         return elector.is_leader()
@@ -311,18 +366,10 @@ def test_a_listening_standby_asks_about_once_per_lease(
         redis_server: RedisServer, lease_name: str) -> None:
     """Driven as beat drives it, with a 0.35 s entry: the shadow keeps its pace,
     and the store is asked about once per 2 s lease, not every 0.5 s retry."""
-    holder = LeaseElector(redis_store(redis_server.url, lease_name),
-                          identity="holder", timing=LeaseTiming(ttl=2.0, renew_interval=0.2))
-    stop = threading.Event()
-
-    def lead() -> None:
-        while not stop.is_set():
-            _leads(holder)
-            time.sleep(0.1)
-
-    leader = threading.Thread(target=lead, daemon=True)
-    assert holder.is_leader()
-    leader.start()
+    stack = contextlib.ExitStack()
+    stack.enter_context(renewing(LeaseElector(
+        redis_store(redis_server.url, lease_name), identity="holder",
+        timing=LeaseTiming(ttl=2.0, renew_interval=0.2))))
     b = make_scheduler(make_app(beat_schedule={"fast": {"task": "x", "schedule": 0.35}},
                                 leaderbeat_retry_interval=0.5, leaderbeat_lease_ttl=2.0,
                                 leaderbeat_push=True), "b")
@@ -339,15 +386,10 @@ def test_a_listening_standby_asks_about_once_per_lease(
         return shadow(*args, **kwargs)
 
     b.elector.store.acquire, b._shadow_tick = counted, shadowed
-    try:
+    with stack:
         end = time.monotonic() + 6.0
         while time.monotonic() < end:  # what celery.beat.Service.start does
             time.sleep(max(0.0, b.tick()))
-    finally:
-        stop.set()
-        leader.join()
-        holder.release()
-        holder.close()
     # The first attempt, one after subscribing, then one per lease: 4 in 6 s, not 12.
     assert 3 <= len(attempts) <= 5, [round(t - attempts[0], 2) for t in attempts]
     gaps = [later - earlier for earlier, later in zip(shadows, shadows[1:])]
@@ -390,3 +432,230 @@ def test_a_watch_that_cannot_listen_falls_back_to_the_retry_pace(lease_name: str
     with pytest.raises(StoreUnavailable):
         RedisLeaseStore(redis.Redis(port=1), lease_name).release_watch().wait(1.0)
     elector.close()
+
+
+# -- etcd: the watch sees expiries too, and moves to another member -------------------
+
+
+#: A short etcd lease (whole seconds) with the long retry: without the watch a
+#: crashed leader's standby would try again only 10 s after its last attempt.
+ETCD_CRASH = LeaseTiming(ttl=3.0, renew_interval=0.3, retry_interval=10.0)
+
+
+def _etcd_store(url: str, lease: str, timing: LeaseTiming = LONG_RETRY) -> EtcdLeaseStore:
+    return EtcdLeaseStore.from_url(url, LeaderSettings(elector=url, lease_name=lease,
+                                                       identity="t", timing=timing))
+
+
+@contextlib.contextmanager
+def holder_and_standby(
+        make_store: Callable[[], EtcdLeaseStore]) -> Iterator[tuple[LeaseElector, LeaseElector]]:
+    """A holder that leads and a standby that saw it lead (not yet watching)."""
+    holder = LeaseElector(make_store(), identity="holder", timing=LONG_RETRY)
+    standby = LeaseElector(make_store(), identity="standby", timing=LONG_RETRY)
+    try:
+        assert holder.is_leader()
+        assert not _leads(standby)
+        yield holder, standby
+    finally:
+        standby.close()
+        holder.close()
+
+
+@pytest.mark.processes
+@needs_etcd
+def test_a_crashed_leader_is_taken_over_at_its_etcd_lease_expiry(
+        redis_server: RedisServer, lease_name: str, request: pytest.FixtureRequest) -> None:
+    """kill -9 the leader right after the standby asked: the standby leads when etcd
+    expires the lease (its watch sees the key deleted), not 10 s later."""
+    failed_before = request.session.testsfailed
+    with EtcdCluster(1) as etcd, BeatCluster(
+            redis_server.url, 2, lease_name=lease_name, queue=lease_name, elector=etcd.url,
+            timing=ETCD_CRASH) as cluster:
+        try:
+            old = wait_for(cluster.leader_by_lease, 30, message="a leader")
+            standby = next(r for r in cluster.replicas if r is not old)
+            wait_for(lambda: "is a standby" in standby.log(), 30,
+                     message="the standby asked once")
+            killed = old.kill()
+            wait_for(lambda: cluster.leader_by_lease() is standby, 15, interval=0.01,
+                     message="the standby leads")
+            took = time.monotonic() - killed
+            print(f"etcd: kill -9 to new leader in {took * 1000:.0f} ms")
+            # etcd's lease: ceil(ttl) after the last keepalive, and its leader
+            # checks for expired leases every 0.5 s.
+            assert ETCD_CRASH.ttl - ETCD_CRASH.renew_interval - 0.1 < took \
+                < ETCD_CRASH.ttl + 1.5, took
+        finally:
+            if request.session.testsfailed > failed_before:
+                print(cluster.logs())
+
+
+@needs_etcd
+def test_an_etcd_watch_starts_from_the_lease_the_standby_saw(lease_name: str) -> None:
+    """A release between the standby's attempt and its watch's start is delivered."""
+    with EtcdCluster(1) as etcd, holder_and_standby(
+            lambda: _etcd_store(etcd.url, lease_name)) as (holder, standby):
+        holder.release()  # after the standby saw it, before the standby watches
+        started = time.monotonic()
+        assert standby.wait_for_release(5.0) is True
+        assert time.monotonic() - started < 1.0
+        assert standby.is_leader()
+
+
+@needs_etcd
+def test_an_etcd_watch_whose_start_was_compacted_away_says_look_now(lease_name: str) -> None:
+    """Released and taken again, then etcd compacted its history past what the
+    standby saw: the watch cannot replay, so it starts afresh and says "look now"."""
+    with EtcdCluster(1) as etcd, holder_and_standby(
+            lambda: _etcd_store(etcd.url, lease_name)) as (holder, standby):
+        holder.release()
+        other = LeaseElector(_etcd_store(etcd.url, lease_name), identity="other",
+                             timing=LONG_RETRY)
+        assert other.is_leader()
+        revision = etcd.members[0].call("kv/range", {"key": "eA=="})["header"]["revision"]
+        etcd.members[0].call("kv/compaction", {"revision": revision, "physical": True})
+        started = time.monotonic()
+        assert standby.wait_for_release(5.0) is True
+        assert time.monotonic() - started < 1.0
+        with pytest.raises(Exception, match="held by other"):
+            standby.is_leader()
+        other.close()
+
+
+@needs_etcd
+def test_an_etcd_watch_lost_while_a_release_happened_still_delivers_it(
+        lease_name: str) -> None:
+    """The watch's member dies and the lease is released before the standby waits
+    again: the watch, re-created on another member from the revision it had
+    reached, delivers the release."""
+    with EtcdCluster(3) as etcd, holder_and_standby(
+            lambda: _etcd_store(etcd.url, lease_name)) as (holder, standby):
+        assert standby.wait_for_release(0.2) is False  # watching, nothing happened
+        watch = standby._watch
+        listened_on = watch._stream.member  # type: ignore[union-attr]
+        etcd.kill(next(m for m in etcd.members
+                       if m.endpoint == "{}:{}".format(*listened_on)))
+        etcd.wait_for_leader()
+        wait_for(lambda: holder.store.read() is not None, 10, message="etcd answers")
+        holder.release()
+        assert holder.store.read() is None
+        started = time.monotonic()
+        assert standby.wait_for_release(5.0) is True
+        assert time.monotonic() - started < 1.0
+        assert watch._stream.member != listened_on  # type: ignore[union-attr]
+
+
+@needs_etcd
+@pytest.mark.parametrize("secured", ["login", "tls"])
+def test_an_etcd_watch_logs_in_and_speaks_tls_as_the_store_does(
+        secured: str, lease_name: str) -> None:
+    """The watch's own connection uses the store's login and TLS; a token the member
+    no longer knows is renewed, as for every call."""
+    with EtcdCluster(1, tls=secured == "tls") as etcd:
+        url, options = etcd.url, etcd.tls_options
+        if secured == "login":
+            etcd.enable_login("s3cret-pw")
+            anonymous = _etcd_store(url, lease_name).release_watch()
+            with pytest.raises(StoreMisconfigured, match="user name is empty"):
+                anonymous.wait(0.5)
+            url = url.replace("etcd://", "etcd://root:s3cret-pw@")
+
+        def store() -> EtcdLeaseStore:
+            return EtcdLeaseStore.from_url(url, LeaderSettings(
+                elector=url, lease_name=lease_name, identity="t", timing=LONG_RETRY,
+                etcd_options=options))
+
+        with holder_and_standby(store) as (holder, standby):
+            if secured == "login":  # a token the member no longer knows
+                standby.store.gateway._tokens[0] = "stale.1"  # type: ignore[attr-defined]
+            assert standby.wait_for_release(0.2) is False
+            threading.Timer(0.2, holder.release).start()
+            assert standby.wait_for_release(5.0) is True
+            assert standby.is_leader()
+
+
+@needs_etcd
+def test_an_etcd_watch_whose_member_dies_is_recreated_on_another(lease_name: str) -> None:
+    """kill -9 the member the watch listens on: it starts again on another member,
+    from where it stopped, and the holder's release still reaches the standby."""
+    with EtcdCluster(3) as etcd:
+        holder = LeaseElector(_etcd_store(etcd.url, lease_name), identity="holder",
+                              timing=LONG_RETRY)
+        assert holder.is_leader()
+        elector = LeaseElector(_etcd_store(etcd.url, lease_name), identity="standby",
+                               timing=LONG_RETRY)
+        standby = Standby(elector).start()
+        try:
+            wait_for(lambda: elector._watch is not None
+                     and getattr(elector._watch, "_stream", None) is not None, 10,
+                     message="the standby watches")
+            watch = elector._watch
+            listened_on = watch._stream.member  # type: ignore[union-attr]
+            member = next(m for m in etcd.members
+                          if m.endpoint == "{}:{}".format(*listened_on))
+            etcd.kill(member)
+            wait_for(lambda: watch._stream is not None  # type: ignore[union-attr]
+                     and watch._stream.member != listened_on, 10,  # type: ignore[union-attr]
+                     message="the watch on another member")
+            etcd.wait_for_leader()
+            released_at = time.monotonic()
+            holder.release()
+            wait_for(lambda: standby.led_at is not None, HANDOVER_BOUND, interval=0.01,
+                     message="the standby leads after a pushed release")
+            assert standby.led_at is not None and standby.led_at - released_at < 1.0
+            assert standby.told == 1  # the release, not a reconnect
+        finally:
+            standby.stop()
+            holder.close()
+
+
+@needs_etcd
+def test_a_listening_etcd_standby_asks_about_once_per_lease(
+        make_app: Callable[..., Any], make_scheduler: Callable[..., Any],
+        lease_name: str) -> None:
+    """Driven as beat drives it, with default timing and a leader renewing: besides
+    its one open watch, a standby sends one acquire transaction per 5 s lease and
+    one grant for the heartbeat record riding on it (0.4 requests a second), where
+    asking every 0.5 s sends 3 a second."""
+    with EtcdCluster(1) as etcd, renewing(LeaseElector(
+            _etcd_store(etcd.url, lease_name, LeaseTiming()), identity="holder")):
+        b = make_scheduler(make_app(leaderbeat_elector=etcd.url, leaderbeat_push=True), "b")
+        requests: list[str] = []
+        gateway = b.elector.store.gateway
+        call = gateway.call
+
+        def counted(path: str, body: Any) -> Any:
+            requests.append(path)
+            return call(path, body)
+
+        b.tick()  # settled: the first attempt, then the watch
+        gateway.call = counted
+        window = 20.0
+        end = time.monotonic() + window
+        while time.monotonic() < end:  # what celery.beat.Service.start does
+            time.sleep(max(0.0, min(b.tick(), end - time.monotonic())))
+        print(f"etcd standby: {len(requests)} requests in {window:.0f} s: {requests}")
+        ttl = LeaseTiming().ttl
+        assert requests.count("kv/txn") <= window / ttl + 1, requests
+        assert len(requests) <= 2 * (window / ttl + 1), requests
+
+
+@needs_etcd
+def test_an_etcd_watch_on_a_member_cut_off_from_its_leader_ends(lease_name: str) -> None:
+    """The other two members paused: the watch's member has no Raft leader, etcd
+    cancels the watch (it asked for a leader), so the watch moves to another member."""
+    with EtcdCluster(3) as etcd, holder_and_standby(
+            lambda: _etcd_store(etcd.url, lease_name)) as (_, standby):
+        assert standby.wait_for_release(0.2) is False
+        watch = standby._watch
+        listened_on = "{}:{}".format(*watch._stream.member)  # type: ignore[union-attr]
+        others = [m for m in etcd.members if m.endpoint != listened_on]
+        for member in others:
+            etcd.pause(member)
+        try:
+            wait_for(lambda: watch._lost is not None, 15,  # type: ignore[union-attr]
+                     message="the watch canceled")
+        finally:
+            for member in others:
+                etcd.resume(member)

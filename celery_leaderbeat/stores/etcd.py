@@ -55,6 +55,17 @@ below its minimum (1.5 election timeouts, rounded up: 2 s with the default
 :data:`MIN_LEASE_TTL` is refused at start-up, and a grant longer than asked
 is logged once (takeover then takes longer than configured).
 
+Push (celery_leaderbeat.watch): :meth:`EtcdLeaseStore.release_watch` is an
+etcd watch on the lease key (:mod:`.etcd_watch`). etcd deletes the key at a
+release, at a step-down and when the etcd lease expires, so the watch tells
+a standby of all three, and the operations here need no change to push.
+``acquire`` reports no ``expires_in``, on purpose: after a crash the key
+stays until etcd's Raft leader expires the etcd lease (it checks every
+0.5 s), so an attempt at the remaining TTL it reports (whole seconds, one
+more request per attempt) could only come early; the DELETE event marks
+the first moment an acquire can succeed. A standby then asks about once
+per TTL (the fallback for a watch that went quiet without closing).
+
 Retries: :class:`~.etcd_gateway.EtcdGateway` repeats a call on another
 member when one did not answer, so a call may be applied twice. Each is
 safe twice: a repeated acquire finds the lease already ours, a repeated
@@ -80,6 +91,7 @@ from ..lease import Acquisition, LeaseRecord, Renewal, StoreUnavailable
 from ..registry import LEADER, STEP_DOWN_TTL, ReplicaRecord, StepDownRequest, sort_replicas
 from ..settings import improperly_configured
 from .etcd_gateway import EtcdGateway, b64, unb64
+from .etcd_watch import EtcdReleaseWatch
 
 if TYPE_CHECKING:
     from ..settings import LeaderSettings
@@ -242,6 +254,7 @@ class EtcdLeaseStore:
         #: it never changes during a term, so fenced calls compare it as it is.
         self._values: dict[tuple[str, int], bytes] = {}
         self._warned_ttl = False
+        self._lease_seen = 0
 
     @classmethod
     def from_url(cls, url: str, settings: LeaderSettings) -> EtcdLeaseStore:
@@ -270,6 +283,8 @@ class EtcdLeaseStore:
                 [], [_range(self.lease_key), _range(self.meta_key),
                      *self._beat_put(beat, beat_lease, None)], [])
             holder = _one(found)
+            # Where a release watch starts (.etcd_watch): right after the key as seen now.
+            self._lease_seen = holder.mod_revision if holder is not None else 0
             if holder is not None and _owner(holder) == owner:
                 if self._keep(owner, holder, beat, beat_lease):
                     return Acquisition(True, _record(holder))
@@ -364,6 +379,14 @@ class EtcdLeaseStore:
             with contextlib.suppress(StoreUnavailable):
                 self._revoke(holder.lease)
         return released
+
+    def release_watch(self) -> EtcdReleaseWatch:
+        """An etcd watch on the lease key, on a connection of its own (see :mod:`.etcd_watch`).
+
+        It starts right after the lease key as the latest acquire attempt saw
+        it, so a release since that attempt is not missed.
+        """
+        return EtcdReleaseWatch(self.gateway, self.lease_key, lambda: self._lease_seen)
 
     def read(self) -> LeaseRecord | None:
         _, (found, meta) = self._txn([], [_range(self.lease_key), _range(self.meta_key)], [])

@@ -38,19 +38,23 @@ keeps what a lease engine needs in its own hands:
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import socket
 import ssl
 import threading
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, Callable, TypeVar
 
 import urllib3
 from urllib3.exceptions import HTTPError, SSLError
 
 from ..lease import StoreMisconfigured, StoreUnavailable
 
-__all__ = ["EtcdError", "EtcdGateway", "b64", "misconfiguration", "unb64"]
+__all__ = ["EtcdError", "EtcdGateway", "EtcdStream", "b64", "misconfiguration", "unb64"]
+
+Answer = TypeVar("Answer")
 
 #: gRPC status codes found in the gateway's error bodies.
 NOT_FOUND = 5
@@ -109,14 +113,8 @@ class EtcdGateway:
         self.timeout = timeout
         self._username = username
         self._password = password or ""
-        self._pools: list[urllib3.HTTPConnectionPool] = []
-        for host, port in self.endpoints:
-            if tls is None:
-                self._pools.append(urllib3.HTTPConnectionPool(
-                    host, port, maxsize=1, block=False, retries=False))
-            else:
-                self._pools.append(urllib3.HTTPSConnectionPool(
-                    host, port, maxsize=1, block=False, retries=False, ssl_context=tls))
+        self._tls = tls
+        self._pools = [self._pool(index) for index in range(len(self.endpoints))]
         self._tokens: dict[int, str] = {}
         self._current = 0
         self._lock = threading.Lock()
@@ -132,16 +130,65 @@ class EtcdGateway:
         Raises EtcdError for an error etcd gives as its answer, and
         StoreUnavailable when no member answered within ``timeout`` seconds.
         """
+        def send(index: int, deadline: float) -> dict[str, Any]:
+            return self._call_member(index, path, body, deadline)
+
+        return self._on_members(send)
+
+    def stream(self, path: str, body: dict[str, Any], *,
+               after: tuple[str, int] | None = None) -> EtcdStream:
+        """POST ``body`` to ``/v3/<path>`` and keep reading the answer: etcd's watch.
+
+        The stream has a connection of its own (never one of the calls'),
+        opened with the same endpoints, TLS and login as every call and
+        failing over between members the same way, starting with the member
+        after ``after`` (one whose stream was just lost) or else with the one
+        that answered last. Its first message has been read, within
+        ``timeout``: an error answer raises as :meth:`call` raises.
+        """
+        def open_stream(index: int, deadline: float) -> EtcdStream:
+            for attempt in range(2):
+                pool = self._pool(index)
+                # Hasleader: a member cut off from etcd's Raft leader cancels the
+                # stream rather than stay quiet on stale data (what etcd's own
+                # client asks with WithRequireLeader); the watch then moves on.
+                headers = {**self._headers(index, deadline), "Grpc-Metadata-Hasleader": "true"}
+                try:
+                    response = pool.urlopen(
+                        "POST", "/v3/" + path, body=json.dumps(body).encode(), headers=headers,
+                        retries=False, preload_content=False, timeout=self._timeout(deadline))
+                    stream = EtcdStream(self.endpoints[index], pool, response)
+                    status, first = response.status, stream.open()
+                except BaseException as exc:
+                    pool.close()
+                    if isinstance(exc, (HTTPError, OSError, ValueError)):
+                        raise self._failure(index, exc) from exc
+                    raise
+                result = first.get("result")
+                if status == 200 and isinstance(result, dict) and (
+                        not result.get("canceled") or int(result.get("compact_revision", 0))):
+                    return stream  # a watch canceled for compaction: the watch's to handle
+                stream.close()
+                self._judge(index, status, _stream_error(first), attempt)
+            raise AssertionError("unreachable")  # pragma: no cover
+
+        start = None if after is None else (self.endpoints.index(after) + 1) % len(self._pools)
+        return self._on_members(open_stream, start)
+
+    def _on_members(self, send: Callable[[int, float], Answer],
+                    start: int | None = None) -> Answer:
+        """``send(member index, deadline)`` to one member after another until one answers:
+        from ``start``, else from the member that answered last."""
         deadline = time.monotonic() + self.timeout
         with self._lock:
-            first = self._current
+            first = self._current if start is None else start
         failures = []
         for step in range(len(self._pools)):
             index = (first + step) % len(self._pools)
             if deadline <= time.monotonic():
                 break
             try:
-                answer = self._call_member(index, path, body, deadline)
+                answer = send(index, deadline)
             except _MemberDown as exc:
                 failures.append(f"{_where(self.endpoints[index])}: {exc}")
                 continue
@@ -163,26 +210,36 @@ class EtcdGateway:
     def _call_member(self, index: int, path: str, body: dict[str, Any],
                      deadline: float) -> dict[str, Any]:
         for attempt in range(2):
-            headers = {"Content-Type": "application/json"}
-            if self._username is not None:
-                headers["Authorization"] = self._token(index, deadline)
-            status, answer = self._post(index, path, body, headers, deadline)
+            status, answer = self._post(index, path, body, self._headers(index, deadline),
+                                        deadline)
             if status == 200 and ("header" in answer or "result" in answer):
                 return answer
-            if "code" not in answer:  # some other server, or a proxy, answers on that port
-                raise _MemberDown(f"HTTP {status} without an etcd answer: is this an etcd "
-                                  "client URL?")
-            code, message = int(answer["code"]), str(answer.get("message") or answer)
-            if code == UNAUTHENTICATED and "invalid auth token" in message and attempt == 0:
-                self._tokens.pop(index, None)  # expired, or issued by another member
-                continue
-            if code in MEMBER_UNAVAILABLE or status in (502, 503, 504):
-                raise _MemberDown(message)
-            if code in (UNAUTHENTICATED, PERMISSION_DENIED) or \
-                    any(problem in message for problem in AUTH_PROBLEMS):
-                raise misconfiguration(message)
-            raise EtcdError(code, message)
+            self._judge(index, status, answer, attempt)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _headers(self, index: int, deadline: float) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self._username is not None:
+            headers["Authorization"] = self._token(index, deadline)
+        return headers
+
+    def _judge(self, index: int, status: int, answer: dict[str, Any], attempt: int) -> None:
+        """Return to try again (a login token to renew), else raise what ``answer`` means."""
+        if "code" not in answer and "grpc_code" not in answer:
+            # Some other server, or a proxy, answers on that port.
+            raise _MemberDown(f"HTTP {status} without an etcd answer: is this an etcd "
+                              "client URL?")
+        code = int(answer.get("code", answer.get("grpc_code", 0)))
+        message = str(answer.get("message") or answer)
+        if code == UNAUTHENTICATED and "invalid auth token" in message and attempt == 0:
+            self._tokens.pop(index, None)  # expired, or issued by another member
+            return
+        if code in MEMBER_UNAVAILABLE or status in (502, 503, 504):
+            raise _MemberDown(message)
+        if code in (UNAUTHENTICATED, PERMISSION_DENIED) or \
+                any(problem in message for problem in AUTH_PROBLEMS):
+            raise misconfiguration(message)
+        raise EtcdError(code, message)
 
     def _token(self, index: int, deadline: float) -> str:
         token = self._tokens.get(index)
@@ -201,25 +258,139 @@ class EtcdGateway:
 
     def _post(self, index: int, path: str, body: dict[str, Any], headers: dict[str, str],
               deadline: float) -> tuple[int, dict[str, Any]]:
-        left = max(0.001, deadline - time.monotonic())
         try:
             response = self._pools[index].urlopen(
                 "POST", "/v3/" + path, body=json.dumps(body).encode(), headers=headers,
-                timeout=urllib3.Timeout(connect=left, read=left), retries=False)
-        except SSLError as exc:
-            raise misconfiguration(f"TLS with {_where(self.endpoints[index])} failed: "
-                                   f"{_reason(exc)}") from exc
+                timeout=self._timeout(deadline), retries=False)
         except HTTPError as exc:
-            raise _MemberDown(_reason(exc)) from exc
+            raise self._failure(index, exc) from exc
         try:
             answer = json.loads(response.data or b"{}")
         except ValueError:
             answer = {}
         return response.status, answer if isinstance(answer, dict) else {}
 
+    def _failure(self, index: int, exc: BaseException) -> Exception:
+        """What a request that got no answer means: a TLS refusal, or a member down."""
+        if isinstance(exc, SSLError):
+            return misconfiguration(f"TLS with {_where(self.endpoints[index])} failed: "
+                                    f"{_reason(exc)}")
+        return _MemberDown(_reason(exc))
+
+    @staticmethod
+    def _timeout(deadline: float) -> urllib3.Timeout:
+        left = max(0.001, deadline - time.monotonic())
+        return urllib3.Timeout(connect=left, read=left)
+
+    def _pool(self, index: int) -> urllib3.HTTPConnectionPool:
+        """A pool of one connection to member ``index``, with this gateway's TLS."""
+        host, port = self.endpoints[index]
+        if self._tls is None:
+            return urllib3.HTTPConnectionPool(host, port, maxsize=1, block=False,
+                                              retries=False)
+        return urllib3.HTTPSConnectionPool(host, port, maxsize=1, block=False, retries=False,
+                                           ssl_context=self._tls)
+
     def close(self) -> None:
         for pool in self._pools:
             pool.close()
+
+
+class EtcdStream:
+    """One long answer of etcd's gateway (a watch): newline-separated JSON messages.
+
+    Read by one thread; :meth:`close` may come from another and ends a read
+    that is blocked waiting.
+    """
+
+    def __init__(self, member: tuple[str, int], pool: urllib3.HTTPConnectionPool,
+                 response: Any) -> None:
+        self.member = member
+        self._pool = pool
+        self._response = response
+        self._buffer = b""
+        self._chunks: Iterator[bytes] | None = None
+        #: The first message.
+        self.opening: dict[str, Any] = {}
+
+    def open(self) -> dict[str, Any]:
+        """Read the first message (:attr:`opening`) within the request's read timeout;
+        then reads block without a timeout (a watch is quiet while nobody lets go)."""
+        message = self.opening = self._next()
+        sock = getattr(self._response.connection, "sock", None)
+        if sock is not None:
+            sock.settimeout(None)
+        return message
+
+    def messages(self) -> Iterator[dict[str, Any]]:
+        """Each further message's ``result``, until the stream ends.
+
+        Raises OSError, urllib3's HTTPError or ValueError when the connection
+        breaks or etcd sends something that is not a message; an ``error``
+        message ends the stream with EtcdError.
+        """
+        while True:
+            message = self._next()
+            if "result" not in message:
+                error = message.get("error", message)
+                raise EtcdError(int(error.get("grpc_code", error.get("code", 0))),
+                                str(error.get("message") or error))
+            yield message["result"]
+
+    def _next(self) -> dict[str, Any]:
+        if self._chunks is None:
+            self._chunks = self._response.read_chunked() if self._response.chunked \
+                else self._response.stream(4096)
+        while b"\n" not in self._buffer:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                if self._buffer.strip():  # an error answer is one JSON body, no newline
+                    line, self._buffer = self._buffer, b""
+                    return _object(line)
+                raise ConnectionError("the stream ended")
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return _object(line)
+
+    def close(self) -> None:
+        """Drop the connection; a read blocked in another thread ends with an error."""
+        sock = getattr(self._response.connection, "sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(Exception):  # gone either way
+            self._response.release_conn()
+        self._pool.close()
+
+
+#: gRPC status names, as a canceled watch gives its reason ("rpc error: code = ...").
+GRPC_CODES = {"DeadlineExceeded": 4, "PermissionDenied": 7, "Unavailable": 14,
+              "Unauthenticated": 16}
+
+
+def _stream_error(first: dict[str, Any]) -> dict[str, Any]:
+    """A refused stream's first message as a call's error answer (code, message).
+
+    The gateway refuses with ``{"error": {...}}``; etcd itself refuses a watch
+    (no login, a bad token, no permission) with a result that is created and
+    canceled at once, naming the gRPC code in its ``cancel_reason``.
+    """
+    error = first.get("error")
+    if isinstance(error, dict):
+        return error
+    result = first.get("result")
+    if isinstance(result, dict) and result.get("canceled"):
+        reason = str(result.get("cancel_reason") or "etcd canceled the stream")
+        name = reason.partition("code = ")[2].partition(" ")[0]
+        return {"code": GRPC_CODES.get(name, 0), "message": reason}
+    return first
+
+
+def _object(line: bytes) -> dict[str, Any]:
+    answer = json.loads(line)
+    if not isinstance(answer, dict):
+        raise ValueError(f"not a message: {line[:100]!r}")
+    return answer
 
 
 class _MemberDown(Exception):
