@@ -15,10 +15,11 @@ fails or is lost it tells the store that the master may have moved, so the
 next one goes to the master as the store then sees it:
 
 - Sentinel: the master's client asks the Sentinels for the master when it
-  connects, and the store asks them again at once. A Sentinel that demotes
-  an old master kills its pub/sub clients, so the watch follows the new
-  master; a subscription left on an old master that became a replica still
-  hears releases, which replication carries to replicas.
+  connects, and the store asks them again at once. When Sentinel demotes
+  an old master, that node's pub/sub clients are disconnected (observed with
+  Redis 7), so the watch follows the new master; a subscription left on an
+  old master that became a replica would still hear releases, which
+  replication carries to replicas.
 - Cluster: a plain ``PubSub`` on the node that serves the lease's slot as
   the store's slot map says, re-read after a failure. A classic ``PUBLISH``
   is broadcast over the cluster bus to every node, replicas included, so
