@@ -22,7 +22,8 @@ does not simply cannot be paused):
 
 Records are encoded here, once, so every store keeps the same format. A
 pause with a duration expires on the store's clock where it has one (Redis
-``PX``, the database's clock in SQL), on the host's clock for the file store.
+``PX``, the database's clock in SQL, an etcd lease of whole seconds), on the
+host's clock for the file store.
 """
 
 from __future__ import annotations

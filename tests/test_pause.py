@@ -3,7 +3,7 @@
 Store level on every built-in store (the claim refused while paused, the
 lease kept, the renewal saying so, ``--for`` judged by the store's clock);
 one scheduler paused between its renewal and its claim; real beat clusters
-on Redis and PostgreSQL, run through the command line as an operator would.
+on Redis, PostgreSQL and etcd, run through the command line as an operator would.
 The Django store's cluster test is in test_django_beat.py.
 """
 
@@ -31,8 +31,10 @@ from celery_leaderbeat.pause import (
 )
 from celery_leaderbeat.testing import (
     BeatCluster,
+    EtcdCluster,
     RedisServer,
     duplicate_runs,
+    etcd_executable,
     store_settings,
     wait_for,
 )
@@ -57,14 +59,26 @@ def test_durations() -> None:
 # -- every store -----------------------------------------------------------------------
 
 
-@pytest.fixture(params=["redis", "file", "sqlite", "postgresql", "mysql"])
+@pytest.fixture(scope="module")
+def etcd() -> Iterator[EtcdCluster]:
+    """One private etcd member for this module's etcd tests, started at first use."""
+    if etcd_executable() is None:
+        pytest.skip("etcd is not installed (make servers installs it)")
+    with EtcdCluster(1) as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["redis", "file", "sqlite", "postgresql", "mysql", "etcd"])
 def store(request: pytest.FixtureRequest, redis_server: RedisServer,
           tmp_path: Path) -> Iterator[LeaseStore]:
     name = f"pause-{uuid.uuid4().hex[:10]}"
     table = f"lbpause_{uuid.uuid4().hex[:8]}"
-    url = {"redis": redis_server.url, "file": f"file://{tmp_path}/beat.lock",
-           "sqlite": f"sqlite:///{tmp_path}/lease.db", "postgresql": POSTGRESQL,
-           "mysql": MYSQL}[request.param]
+    if request.param == "etcd":
+        url = request.getfixturevalue("etcd").url
+    else:
+        url = {"redis": redis_server.url, "file": f"file://{tmp_path}/beat.lock",
+               "sqlite": f"sqlite:///{tmp_path}/lease.db", "postgresql": POSTGRESQL,
+               "mysql": MYSQL}[request.param]
     made = build_store(url.split(":")[0], url, store_settings(name, elector=url, sql_table=table))
     yield made
     made.close()
@@ -122,6 +136,33 @@ def test_a_pause_for_a_duration_ends_by_itself(store: Any) -> None:
     assert store.renew("owner-a", term, 30) is Renewal.RENEWED
     assert store.claim("owner-a", term, {"tick": "sent"})
     assert store.resume(DispatchResume("ops@host", now())) is None  # it ended already
+
+
+def test_an_etcd_pause_lasts_whole_seconds_and_an_open_pause_replaces_a_timed_one(
+        etcd: EtcdCluster, lease_name: str) -> None:
+    """``--for`` is an etcd lease: whole seconds, rounded up, at least etcd's minimum
+    TTL, and the record says what etcd granted. Replacing a timed pause with an open
+    one detaches it from that lease, so it does not end when the lease expires."""
+    store: Any = build_store("etcd", etcd.url, store_settings(lease_name, elector=etcd.url))
+    try:
+        term = store.acquire("owner-a", "a", 30).lease.term
+        store.pause(DispatchPause("ops@host", now(), "brief", duration=0.3))
+        timed = store.read_pause().pause
+        assert timed is not None and timed.duration == 2.0  # etcd's minimum, not 0.3
+        time.sleep(1.0)  # past the 0.3 s asked: still held, as the record says
+        with pytest.raises(DispatchPaused):
+            store.claim("owner-a", term, {"tick": "held"})
+
+        store.pause(DispatchPause("ops@host", now(), "open"))
+        time.sleep(1.5)  # the timed pause's etcd lease has expired
+        state = store.read_pause().pause
+        assert state is not None and state.reason == "open" and state.expires_in is None
+        assert store.renew("owner-a", term, 30) is Renewal.PAUSED
+        ended = store.resume(DispatchResume("ops@host", now()))
+        assert ended is not None and ended.reason == "open"
+        assert store.claim("owner-a", term, {"tick": "sent"})
+    finally:
+        store.close()
 
 
 # -- a leader paused between its renewal and its claim ----------------------------------
@@ -242,6 +283,40 @@ def test_pause_and_resume_on_redis(redis_server: RedisServer) -> None:
     with BeatCluster(redis_server.url, replicas=2, elector=redis_server.url, timing=TIMING,
                      schedule=SCHEDULE) as cluster:
         _pause_scenario(cluster, "once")
+
+
+#: etcd's shortest lease; an entry every 2 s stands apart from the catch-up run.
+ETCD_TIMING = LeaseTiming(ttl=2.0, renew_interval=0.3, retry_interval=0.3)
+
+
+def test_pause_holds_a_running_leader_on_etcd_and_resume_catches_up_once(
+        redis_server: RedisServer, etcd: EtcdCluster, lease_name: str) -> None:
+    schedule = {"every-2s": {"task": "leaderbeat.tests.every_2s", "every": 2.0}}
+    with BeatCluster(redis_server.url, replicas=2, elector=etcd.url, timing=ETCD_TIMING,
+                     lease_name=lease_name, queue=lease_name, schedule=schedule) as cluster:
+        leader = wait_for(cluster.leader_by_lease, 60, message="a leader in etcd")
+        wait_for(lambda: cluster.recorder.publishes(), 30, message="a run before the pause")
+        done = cluster.leaderbeat("pause", "--reason", "etcd maintenance")
+        paused_at = time.monotonic()
+        assert done.returncode == 0, done.stderr
+        wait_for(lambda: "is paused by" in leader.log(), 5, message="the leader holding")
+        time.sleep(2.5)  # the entry falls due while paused
+        held = [p for p in cluster.recorder.publishes() if p.mono > paused_at]
+        assert held == [], held
+        assert "dispatch: PAUSED" in cluster.leaderbeat("status").stdout
+
+        done = cluster.leaderbeat("resume", "--catch-up", "once")
+        resumed_at = time.monotonic()
+        assert done.returncode == 0 and "catch-up once" in done.stdout, done
+        first = wait_for(lambda: [p for p in cluster.recorder.publishes()
+                                  if p.mono > paused_at], 5, message="the catch-up run")
+        assert first[0].mono - resumed_at <= ETCD_TIMING.renew_interval + 0.7
+        time.sleep(1.5)  # before the next regular run, 2 s after the catch-up
+        after = [p for p in cluster.recorder.publishes() if p.mono > paused_at]
+        assert len(after) == 1, after  # caught up once, not once per missed run
+        assert cluster.leader_by_lease() is leader  # held dispatch, kept the lease
+        assert not duplicate_runs(cluster.recorder.publishes())
+        assert cluster.exited_by_themselves() == []
 
 
 @pytest.fixture

@@ -32,8 +32,11 @@ from celery_leaderbeat.stores.sql import SqlLeaseStore
 from celery_leaderbeat.testing import (
     BeatCluster,
     EtcdCluster,
+    RedisClusterGroup,
     RedisServer,
+    SentinelGroup,
     etcd_executable,
+    free_port,
     redis_store,
     wait_for,
 )
@@ -328,6 +331,111 @@ def test_a_subscriber_survives_a_redis_restart(own_redis: RedisServer, lease_nam
         assert wait_for(lambda: _leads(holder), 10, message="the holder leads again")
         standby.hold.clear()
         assert_release_is_pushed(holder, standby, told)
+    finally:
+        standby.stop()
+        holder.close()
+
+
+def test_a_stray_release_message_only_wakes_the_standby(
+        redis_server: RedisServer, lease_name: str) -> None:
+    """A push is a hint: a release published where the lease is still held (an old
+    master still serving during a switchover, a stale or forged message) wakes the
+    standby into an ordinary attempt, which finds the lease held and leads nothing."""
+    holder = LeaseElector(redis_store(redis_server.url, lease_name), identity="holder",
+                          timing=LONG_RETRY)
+    assert holder.is_leader()
+    store = redis_store(redis_server.url, lease_name)
+    standby = Standby(LeaseElector(store, identity="standby", timing=LONG_RETRY)).start()
+    admin = redis_server.client()
+    try:
+        wait_for(lambda: standby.told >= 1, 10, message="the standby subscribed")
+        told = standby.told
+        time.sleep(0.2)  # it asked, saw the holder, and waits again
+        assert admin.publish(store.release_channel, str(holder.term)) == 1
+        wait_for(lambda: standby.told > told, 2, interval=0.01, message="the standby woken")
+        time.sleep(0.3)
+        assert standby.led_at is None
+        assert holder.is_leader() and holder.store.read().holder == "holder"  # type: ignore[union-attr]
+    finally:
+        standby.stop()
+        holder.release()
+        holder.close()
+        admin.close()
+
+
+# -- replicated Redis: the watch follows the store's failover ------------------------
+
+
+@pytest.fixture
+def replicated(request: pytest.FixtureRequest) -> Iterator[tuple[str, Any]]:
+    """(kind, a private SentinelGroup or RedisClusterGroup): this test fails it over."""
+    group: Any = SentinelGroup() if request.param == "sentinel" else RedisClusterGroup()
+    with group:
+        yield request.param, group
+
+
+def _replicated_elector(kind: str, group: Any, lease_name: str, identity: str) -> LeaseElector:
+    options = {"transport_options": group.transport_options} if kind == "sentinel" else {}
+    return LeaseElector(redis_store(group.url, lease_name, **options), identity=identity,
+                        timing=LONG_RETRY)
+
+
+def _pushed_handover(holder: LeaseElector, standby: Standby) -> float:
+    """Release once the standby waits on its watch; the seconds until it leads."""
+    time.sleep(0.3)  # it asked, saw the holder, and waits again
+    released_at = time.monotonic()
+    holder.release()
+    wait_for(lambda: standby.led_at is not None, HANDOVER_BOUND, interval=0.01,
+             message="the standby leads after a pushed release")
+    assert standby.led_at is not None
+    return standby.led_at - released_at
+
+
+@pytest.mark.parametrize("replicated", [
+    pytest.param("sentinel", marks=pytest.mark.slow),  # Sentinel demotes the old master ~8 s late
+    "cluster"], indirect=True)
+def test_a_release_is_pushed_on_a_replicated_redis_before_and_after_a_failover(
+        replicated: tuple[str, Any], lease_name: str) -> None:
+    """Sentinel and Cluster push releases too; after SENTINEL FAILOVER / CLUSTER
+    FAILOVER the watch hears them from the new master (the 10 s retry would not do)."""
+    kind, group = replicated
+    lease_key = f"leaderbeat:{{{lease_name}}}:lease"
+    holder = _replicated_elector(kind, group, lease_name, "holder")
+    # A first term on a new group may come back unconfirmed (the replica guard's WAIT).
+    wait_for(lambda: _leads(holder), 10, message="the holder leads")
+    standby = Standby(_replicated_elector(kind, group, lease_name, "standby")).start()
+    try:
+        wait_for(lambda: standby.told >= 1, 10, message="the standby subscribed")
+        assert _pushed_handover(holder, standby) < 1.0
+    finally:
+        standby.stop()
+        holder.close()
+
+    # Again after the store failed over, with the old master demoted.
+    holder = _replicated_elector(kind, group, lease_name, "holder")
+    wait_for(lambda: _leads(holder), 10, message="the holder leads again")
+    standby = Standby(_replicated_elector(kind, group, lease_name, "standby")).start()
+    try:
+        wait_for(lambda: standby.told >= 1, 10, message="the standby subscribed")
+        standby.hold.set()  # so that the holder, not the standby, leads after the failover
+        if kind == "sentinel":
+            old, since = group.switchover()
+            group.wait_failover(old, since)
+            wait_for(lambda: group.role(old) == "slave", 30, message="the old master demoted")
+        else:
+            old, since = group.switchover(lease_key)
+            group.wait_failover(lease_key, old, since)
+        wait_for(holder.is_leader, 15, message="the holder leads on the new master")
+        standby.hold.clear()
+        took = _pushed_handover(holder, standby)
+        watch: Any = standby.elector._watch
+        subscribed = watch._pubsub.connection.port
+        new = group.master() if kind == "sentinel" else group.master_of(lease_key)
+        print(f"{kind}: pushed after failover in {took * 1000:.0f} ms; subscribed on "
+              f"{subscribed} (old master {old.port}, new {new.port})")
+        assert took < 1.0
+        if kind == "sentinel":
+            assert subscribed == new.port  # followed the master
     finally:
         standby.stop()
         holder.close()
@@ -659,3 +767,13 @@ def test_an_etcd_watch_on_a_member_cut_off_from_its_leader_ends(lease_name: str)
         finally:
             for member in others:
                 etcd.resume(member)
+
+
+def test_a_cluster_watch_that_cannot_reach_a_node_falls_back(lease_name: str) -> None:
+    """The cluster client is built at first use: no node answering is a StoreUnavailable
+    from the watch (the standby then polls), not an error out of the scheduler's tick."""
+    store = redis_store(f"redis+cluster://127.0.0.1:{free_port()}", lease_name,
+                        socket_connect_timeout=0.2)
+    with pytest.raises(StoreUnavailable):
+        store.release_watch().wait(1.0)
+    store.close()

@@ -22,6 +22,10 @@ can grant exactly that prefix):
   etcd lease granted for the record's lifetime at each heartbeat.
 - ``step_down/<term>``: a pending request that the leader of ``term`` let
   go, attached to a lease of ``STEP_DOWN_TTL``.
+- ``pause``: the pause of dispatch in effect (a
+  :class:`~celery_leaderbeat.pause.DispatchPause` record); ``pause --for``
+  attaches it to an etcd lease of its own, so etcd deletes it when the
+  duration has passed. ``resumed``: the latest resume and the pause it ended.
 
 The term is the lease key's *create revision*. etcd gives every write a
 revision from one counter for the whole cluster, committed through Raft and
@@ -43,7 +47,21 @@ are the whole condition.
   lease. A claim writes its run records in that same transaction.
 - renew also compares that no step-down request exists for its term; when
   one does, a second transaction under the same compares deletes the lease
-  and the request together.
+  and the request together. It reads the pause key in the transaction that
+  renews, and answers ``Renewal.PAUSED`` while it exists.
+- claim also compares that the pause key does not exist (create revision
+  0), so a pause written before the claim's transaction refuses it; the
+  failure branch reads the lease and the pause key, which tells a pause
+  (:class:`~celery_leaderbeat.pause.DispatchPaused`) from a lost lease in
+  the same round trip.
+- resume deletes the pause key and writes ``resumed`` (with the pause it
+  ended) in one transaction that compares the pause key's mod revision with
+  the one read just before, so the pause it keeps as ended is the one it ended.
+
+A pause with a duration lasts whole seconds, rounded up (``--for 90s`` holds
+90 s, ``--for 1.5s`` holds 2 s), and at least etcd's minimum lease TTL (see
+the clock argument), counted from when the grant reaches etcd's leader: the
+record keeps the seconds etcd granted, so ``status`` shows the hold as it is.
 
 Clock argument: an etcd lease's TTL counts whole seconds, so the store
 grants ``ceil(ttl)`` seconds, measured from when the grant (or keepalive)
@@ -88,6 +106,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from ..lease import Acquisition, LeaseRecord, Renewal, StoreUnavailable
+from ..pause import DispatchPause, DispatchPaused, DispatchResume, PauseState
 from ..registry import LEADER, STEP_DOWN_TTL, ReplicaRecord, StepDownRequest, sort_replicas
 from ..settings import improperly_configured
 from .etcd_gateway import EtcdGateway, b64, unb64
@@ -250,6 +269,7 @@ class EtcdLeaseStore:
         self.history_prefix = (prefix + "history/").encode()
         self.replicas_prefix = (prefix + "replicas/").encode()
         self.step_down_prefix = prefix + "step_down/"
+        self.pause_key, self.resumed_key = prefix + "pause", prefix + "resumed"
         #: The lease key's value per (owner, term) this store acquired or checked:
         #: it never changes during a term, so fenced calls compare it as it is.
         self._values: dict[tuple[str, int], bytes] = {}
@@ -342,6 +362,7 @@ class EtcdLeaseStore:
         """Keep the lease alive unless it is not ours or a step-down is asked for our term.
 
         ``ttl`` is not used: a keepalive restores the TTL granted at acquisition.
+        ``Renewal.PAUSED`` when the pause key existed at the renewing transaction.
         """
         value = self._value(owner, term)
         if value is None:
@@ -350,11 +371,12 @@ class EtcdLeaseStore:
         beat_lease = self._beat_lease(beat)
         renewed, (found, *rest) = self._txn(
             [*self._fence(term, value), _compare(asked, "CREATE", "EQUAL", 0)],
-            [_range(self.lease_key), *self._beat_put(beat, beat_lease, term)],
+            [_range(self.lease_key), _range(self.pause_key),
+             *self._beat_put(beat, beat_lease, term)],
             [_range(self.lease_key), _range(asked), *self._beat_put(beat, beat_lease, None)])
         holder = _one(found)
         if renewed and holder is not None and self._keepalive(holder.lease) > 0:
-            return Renewal.RENEWED
+            return Renewal.RENEWED if _one(rest[0]) is None else Renewal.PAUSED
         if not renewed and holder is not None and holder.create_revision == term \
                 and holder.value == value and _one(rest[0]) is not None:
             released, _ = self._txn(self._fence(term, value),
@@ -409,27 +431,42 @@ class EtcdLeaseStore:
     # -- run history ----------------------------------------------------------------
 
     def claim(self, owner: str, term: int, runs: Mapping[str, str]) -> bool:
-        """Write the run records in the transaction that checks our lease.
+        """Write the run records in the transaction that checks our lease and no pause.
 
-        More than ``MAX_TXN_OPS`` records go in several transactions, each
-        fenced: one refused after another was accepted leaves runs claimed
-        but never published, as a leader dying mid-batch does.
+        Raises DispatchPaused, writing nothing, while the pause key exists
+        and the lease is still ours. More than ``MAX_TXN_OPS`` records go in
+        several transactions, each fenced and checking the pause: one refused
+        (or paused) after another was accepted leaves runs claimed but never
+        published, as a leader dying mid-batch does.
         """
         ops = [_put(self._history_key(name), record) for name, record in runs.items()]
-        return self._fenced(owner, term, ops)
+        return self._fenced(owner, term, ops, unless_paused=True)
 
     def forget(self, owner: str, term: int, names: Iterable[str]) -> bool:
         return self._fenced(owner, term, [_delete(self._history_key(name)) for name in names])
 
-    def _fenced(self, owner: str, term: int, ops: list[dict[str, Any]]) -> bool:
+    def _fenced(self, owner: str, term: int, ops: list[dict[str, Any]], *,
+                unless_paused: bool = False) -> bool:
+        """Apply ``ops`` only while the acquisition of ``term`` holds the lease; with
+        ``unless_paused``, also only while no pause exists (DispatchPaused if one does)."""
         value = self._value(owner, term)
         if value is None:
             return False
+        compare, failure = self._fence(term, value), []
+        if unless_paused:
+            compare.append(_compare(self.pause_key, "CREATE", "EQUAL", 0))
+            failure = [_range(self.lease_key), _range(self.pause_key)]
         for start in range(0, max(1, len(ops)), MAX_TXN_OPS):
-            accepted, _ = self._txn(self._fence(term, value), ops[start:start + MAX_TXN_OPS], [])
-            if not accepted:
-                self._forget_value(owner, term)
-                return False
+            accepted, found = self._txn(compare, ops[start:start + MAX_TXN_OPS], failure)
+            if accepted:
+                continue
+            if unless_paused:
+                holder, paused = _one(found[0]), _one(found[1])
+                if paused is not None and holder is not None \
+                        and holder.create_revision == term and holder.value == value:
+                    raise DispatchPaused(DispatchPause.decode(paused.value))
+            self._forget_value(owner, term)
+            return False
         return True
 
     def load_history(self) -> dict[str, str]:
@@ -491,6 +528,55 @@ class EtcdLeaseStore:
                 self._revoke(lease_id)
         raise StoreUnavailable(f"the lease changed hands {ATTEMPTS} times during the request")
 
+    # -- pausing dispatch (celery_leaderbeat.pause.DispatchPauses) -------------
+
+    def pause(self, pause: DispatchPause) -> None:
+        """Hold dispatch (``pause --for``: through an etcd lease, whole seconds rounded up).
+
+        Replaces any pause in effect (the etcd lease of a replaced timed pause
+        is left to expire, with nothing attached). A pause etcd acknowledged
+        is on a quorum of members: no failover loses it.
+        """
+        lease_id = 0
+        if pause.duration is not None:
+            lease_id, granted = self._grant_seconds(pause.duration)
+            pause = replace(pause, duration=float(granted))
+        self._txn([], [_put(self.pause_key, pause.encode(), lease_id)], [])
+
+    def resume(self, resume: DispatchResume) -> DispatchPause | None:
+        for _ in range(ATTEMPTS):
+            _, (found,) = self._txn([], [_range(self.pause_key)], [])
+            paused = _one(found)
+            if paused is None:
+                return None
+            last = json.dumps({"resume": resume.encode(), "ended": paused.value.decode()})
+            ended, _ = self._txn(
+                [_compare(self.pause_key, "MOD", "EQUAL", paused.mod_revision)],
+                [_delete(self.pause_key), _put(self.resumed_key, last)], [])
+            if ended:
+                if paused.lease:
+                    with contextlib.suppress(StoreUnavailable):
+                        self._revoke(paused.lease)
+                return DispatchPause.decode(paused.value)
+        raise StoreUnavailable(f"the pause changed {ATTEMPTS} times during one resume")
+
+    def read_pause(self) -> PauseState:
+        _, (found, last) = self._txn([], [_range(self.pause_key), _range(self.resumed_key)], [])
+        paused, resumed = _one(found), _one(last)
+        pause = None
+        if paused is not None:
+            expires_in = None
+            if paused.lease:
+                # Whole seconds: etcd reports the time left on a lease no finer.
+                answer = self._call("kv/lease/timetolive", {"ID": str(paused.lease)})
+                expires_in = float(max(0, int(answer.get("TTL", 0))))
+            pause = DispatchPause.decode(paused.value, expires_in)
+        resume = None
+        if resumed is not None:
+            data = resumed.json()
+            resume = DispatchResume.decode(str(data.get("resume", "")), data.get("ended"))
+        return PauseState(pause, resume)
+
     def close(self) -> None:
         self.gateway.close()
 
@@ -529,15 +615,21 @@ class EtcdLeaseStore:
 
     def _grant(self, ttl: float, warn: bool = True) -> int:
         """A new etcd lease of ``ceil(ttl)`` seconds (see the clock argument above)."""
+        lease_id, granted = self._grant_seconds(ttl)
         asked = max(1, math.ceil(ttl))
-        answer = self._call("lease/grant", {"TTL": asked})
-        granted = int(answer.get("TTL", asked))
         if warn and granted > asked and not self._warned_ttl:
             self._warned_ttl = True
             logger.warning("leaderbeat: etcd granted a %d s lease for the %d s asked (its "
                            "minimum TTL): takeover after a crash takes that much longer",
                            granted, asked)
-        return int(answer["ID"])
+        return lease_id
+
+    def _grant_seconds(self, ttl: float) -> tuple[int, int]:
+        """(ID, seconds granted) of a new etcd lease asked for ``ceil(ttl)`` seconds;
+        etcd grants its minimum TTL instead when that is longer."""
+        asked = max(1, math.ceil(ttl))
+        answer = self._call("lease/grant", {"TTL": asked})
+        return int(answer["ID"]), int(answer.get("TTL", asked))
 
     def _keepalive(self, lease_id: int) -> int:
         """Restart the TTL of an etcd lease; the seconds it now has (<= 0 once expired)."""

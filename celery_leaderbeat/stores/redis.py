@@ -473,8 +473,14 @@ class RedisLeaseStore:
                               [owner, term, self.release_channel])) == 1
 
     def release_watch(self) -> RedisReleaseWatch:
-        """A subscription to this lease's releases, on a connection of its own."""
-        return RedisReleaseWatch(self.client, self.release_channel)
+        """A subscription to this lease's releases, on a connection of its own,
+        that follows the master after a failover (see :mod:`.redis_watch`)."""
+        return RedisReleaseWatch(self._subscriber, self.release_channel,
+                                 moved=self._master_may_have_moved)
+
+    def _subscriber(self) -> Any:
+        """The client a release watch subscribes through (a cluster: the slot's node)."""
+        return self.client
 
     def claim(self, owner: str, term: int, runs: Mapping[str, str]) -> bool:
         args: list[Any] = [owner, term]

@@ -18,13 +18,14 @@ next call re-read the slot map.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 from redis.commands.core import Script
-from redis.exceptions import RedisClusterException
+from redis.exceptions import MovedError, RedisClusterException
 
 from ..lease import StoreUnavailable
 from ..settings import improperly_configured
@@ -135,6 +136,15 @@ class RedisClusterLeaseStore(RedisLeaseStore):
         return cls(client, settings.lease_name, description=sanitize_cluster_url(url),
                    min_replicas=cls.min_replicas_of(settings), setting=setting_of(url, settings))
 
+    def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        return _once_more_if_moved(super()._call, script, keys, args)
+
+    def _confirmed(self, script: Any, keys: list[str], args: list[Any],
+                   replicas_of: Any) -> Any:
+        if self.min_replicas <= 0:
+            return super()._confirmed(script, keys, args, replicas_of)  # through _call
+        return _once_more_if_moved(super()._confirmed, script, keys, args, replicas_of)
+
     def _master_for(self, key: str) -> Any:
         cluster: RedisCluster = self.client
         try:
@@ -149,6 +159,12 @@ class RedisClusterLeaseStore(RedisLeaseStore):
     def _master_may_have_moved(self) -> None:
         self._stale_slots = True  # re-read the slot map at the next call
 
+    def _subscriber(self) -> Any:
+        # A plain PubSub on the node serving the lease's slot, found through the slot
+        # map re-read after a failure (a ClusterPubSub would keep dialling a dead
+        # node from a stale map). The release's PUBLISH reaches it from any master.
+        return self._master_for(self.lease_key)
+
     def close(self) -> None:
         # RedisCluster keeps one pool per node (and none of its own): free each,
         # leaving a connection in use alone (see RedisLeaseStore.close).
@@ -159,3 +175,17 @@ class RedisClusterLeaseStore(RedisLeaseStore):
             if node.redis_connection is not None:
                 with contextlib.suppress(Exception):
                     node.redis_connection.connection_pool.disconnect(inuse_connections=False)
+
+
+def _once_more_if_moved(call: Callable[..., Any], *args: Any) -> Any:
+    """``call(*args)``, once more if the node answered ``MOVED``: after a failover
+    the first call goes to the old master, which refuses it without running it,
+    and the failure has the slot map re-read (``_master_may_have_moved``), so the
+    second goes to the slot's new master. Without it, a standby woken by a pushed
+    release would spend that wake-up on the refusal and wait a retry interval."""
+    try:
+        return call(*args)
+    except StoreUnavailable as exc:
+        if not isinstance(exc.__cause__, MovedError):
+            raise
+    return call(*args)
