@@ -55,13 +55,16 @@ django_settings.configure(
     DATABASES={
         "default": {"ENGINE": "django.db.backends.postgresql", "NAME": PG_DB,
                     "USER": "postgres", "HOST": "127.0.0.1", "PORT": "5432"},
+        # Django 4.2 connects with utf8 (3 bytes) unless told: as its docs advise.
         "maria": {"ENGINE": "django.db.backends.mysql", "NAME": MARIA_DB,
-                  "USER": "root", "HOST": "127.0.0.1", "PORT": "3306"},
+                  "USER": "root", "HOST": "127.0.0.1", "PORT": "3306",
+                  "OPTIONS": {"charset": "utf8mb4"}},
         "lite": {"ENGINE": "django.db.backends.sqlite3", "NAME": f"{FILES}/lite.sqlite3"},
         "legacy_pg": {"ENGINE": "django.db.backends.postgresql", "NAME": f"{PG_DB}_old",
                       "USER": "postgres", "HOST": "127.0.0.1", "PORT": "5432"},
         "legacy_maria": {"ENGINE": "django.db.backends.mysql", "NAME": f"{MARIA_DB}_old",
-                         "USER": "root", "HOST": "127.0.0.1", "PORT": "3306"},
+                         "USER": "root", "HOST": "127.0.0.1", "PORT": "3306",
+                         "OPTIONS": {"charset": "utf8mb4"}},
         "legacy_lite": {"ENGINE": "django.db.backends.sqlite3",
                         "NAME": f"{FILES}/legacy.sqlite3"},
         "unmigrated": {"ENGINE": "django.db.backends.sqlite3",
