@@ -137,7 +137,8 @@ def snapshot(settings: LeaderSettings, store: LeaseStore) -> dict[str, Any]:
     except StoreMisconfigured as exc:
         doc["misconfigured"] = {"setting": exc.setting, "cause": exc.cause}
         doc["reason"] = (f"store misconfigured: {store.description} refuses these settings "
-                         f"(so every replica using them stays a standby): {exc}")
+                         "(a beat starting with them stops; one already running stays a "
+                         f"standby): {exc}")
         return doc
     except StoreUnavailable as exc:
         doc["reason"] = f"cannot read the store {store.description}: {exc}"
@@ -237,6 +238,17 @@ def status(ctx: click.Context, as_json: bool) -> None:
     ctx.exit(_exit_code(doc))
 
 
+def _role(replica: dict[str, Any], lease: dict[str, Any] | None) -> str:
+    """A replica's role as status shows it: a leader record of a term that no longer
+    holds the lease (a leader that died, whose record has not yet expired) is
+    shown as what it is, ``was leader``."""
+    role: str = replica["role"]
+    if role == LEADER and (lease is None or lease["holder"] != replica["identity"]
+                           or lease["term"] != replica["term"]):
+        return "was leader"
+    return role
+
+
 def _exit_code(doc: dict[str, Any]) -> int:
     if doc["healthy"]:
         return EXIT_OK
@@ -261,16 +273,21 @@ def render(doc: dict[str, Any]) -> str:
             f"  transitions:  {lease['transitions']}",
         ]
     replicas = doc["replicas"]
-    if replicas is None:
+    if doc["misconfigured"] or (replicas is None and doc["reason"].startswith("cannot read")):
+        lines.append("replicas: unknown (the store could not be read)")
+    elif replicas is None:
         lines.append("replicas: this store keeps no replica registry")
     else:
         lines.append(f"replicas: {len(replicas)} live")
         width = max([len(r["identity"]) for r in replicas] + [8])
         terms = [f"term {r['term']}" if r["term"] is not None else "" for r in replicas]
         term_width = max(len(t) for t in [*terms, ""])
-        for r, term in zip(replicas, terms):
+        roles = [_role(r, lease) for r in replicas]
+        role_width = max(len(role) for role in [*roles, "standby"])
+        for r, term, role in zip(replicas, terms, roles):
             lines.append(
-                f"  {r['identity']:<{width}}  {r['role']:<7}  {term:<{term_width}}  heartbeat "
+                f"  {r['identity']:<{width}}  {role:<{role_width}}  {term:<{term_width}}"
+                f"  heartbeat "
                 f"{r['heartbeat_age']:.1f} s ago  pid {r['pid']} on {r['host']}, "
                 f"leaderbeat {r['version']}, celery {r['celery_version']}")
     pause = doc["pause"]

@@ -26,6 +26,7 @@ from celery_leaderbeat.cli import (
     SCHEMA_VERSION,
     NoStore,
     open_store,
+    render,
 )
 from celery_leaderbeat.lease import LeaseTiming
 from celery_leaderbeat.registry import Heartbeat
@@ -341,3 +342,32 @@ def test_step_down_with_no_standby_alive_is_refused_unless_forced(
         assert forced.returncode == EXIT_UNHEALTHY, forced.stdout + forced.stderr
         assert f"{only.identity} took the lease back" in forced.stderr
         assert "released: step-down requested" in only.log()
+
+
+def _row(identity: str, role: str, term: int | None) -> dict[str, Any]:
+    return {"identity": identity, "role": role, "term": term, "heartbeat_age": 0.4, "pid": 1,
+            "host": "h", "version": "v", "celery_version": "c"}
+
+
+def test_status_shows_a_dead_leaders_record_as_was_leader() -> None:
+    """After kill -9, the dead leader's record lives on until it expires: status
+    must not show two leaders."""
+    lease = {"holder": "new:2", "term": 8, "acquired_at": None, "renewed_at": None,
+             "expires_in": 4.0, "transitions": 2}
+    doc = {"lease_name": "p", "store": "redis://h", "lease": lease, "healthy": True,
+           "reason": "leader new:2 (term 8)", "misconfigured": None, "pause": None,
+           "replicas": [_row("old:1", "leader", 7), _row("new:2", "leader", 8),
+                        _row("third:3", "standby", None)]}
+    text = render(doc)
+    assert re.search(r"old:1\s+was leader\s+term 7", text), text
+    assert re.search(r"new:2\s+leader\s+term 8", text), text
+    assert len(re.findall(r"(?<!was) leader\s+term", text)) == 1, text
+
+
+def test_status_of_a_store_that_refuses_the_settings_does_not_deny_its_registry() -> None:
+    doc = {"lease_name": "p", "store": "redis://:**@h", "lease": None, "replicas": None,
+           "healthy": False, "reason": "store misconfigured: ...", "pause": None,
+           "misconfigured": {"setting": "broker_url", "cause": "AuthenticationError"}}
+    text = render(doc)
+    assert "keeps no replica registry" not in text
+    assert "replicas: unknown" in text

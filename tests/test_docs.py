@@ -35,3 +35,13 @@ def test_quick_start_commands_exist() -> None:
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     # CI runs both quick-start commands, the demo first on a .venv nothing else filled.
     assert ci.index("make demo") < ci.index("make test")
+
+
+def test_the_redis_extra_brings_what_a_redis_broker_needs() -> None:
+    """README: ``pip install "celery-leaderbeat[redis]"`` and a Redis broker works.
+    redis-py alone is not enough: kombu's Redis transport needs kombu's own
+    ``redis`` extra (with kombu 5.7, ``packaging``), which ``celery[redis]`` brings."""
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    redis_extra = re.search(r"^redis = \[(.*?)\]$", text, re.MULTILINE)
+    assert redis_extra is not None
+    assert '"celery[redis]"' in redis_extra.group(1)
