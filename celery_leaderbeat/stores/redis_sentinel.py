@@ -141,9 +141,12 @@ class RedisSentinelLeaseStore(RedisLeaseStore):
         parsed = parse_sentinel_url(url)
         master_name, kwargs = sentinel_options(settings.redis_transport_options)
         options = connection_options(settings, brokers=is_brokers_redis(url, settings))
-        # The Sentinels keep the short timeouts too, under what sentinel_kwargs says:
-        # a Sentinel that stops answering must not hold a tick either.
-        timeouts = {k: v for k, v in options.items() if k.startswith("socket_")}
+        # The Sentinels keep the short timeouts and the no-retry policy too, under
+        # what sentinel_kwargs says: a Sentinel that stops answering (or refuses
+        # connections: redis-py's own retries with backoff took 16 s a call) must
+        # not hold a tick either.
+        timeouts = {k: v for k, v in options.items()
+                    if k.startswith("socket_") or k in ("retry", "health_check_interval")}
         kwargs["sentinel_kwargs"] = {**timeouts, **kwargs.get("sentinel_kwargs", {})}
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             parsed.sentinels, **kwargs, **options)
