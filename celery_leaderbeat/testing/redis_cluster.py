@@ -21,6 +21,10 @@ from .redis_server import RedisServer
 from .sentinel import SentinelGroup, replicated_node_config
 from .waiting import wait_for
 
+#: Seconds after which Redis aborts a CLUSTER FAILOVER that has not completed
+#: (CLUSTER_MF_TIMEOUT, 5 s), and a little more.
+MANUAL_FAILOVER_TIMEOUT = 6.0
+
 __all__ = ["RedisClusterGroup"]
 
 HASH_SLOTS = 16384
@@ -117,13 +121,28 @@ class RedisClusterGroup:
         assert master is not None
         return master, master.kill()
 
-    def switchover(self, key: str) -> tuple[RedisServer, float]:
-        """``CLUSTER FAILOVER`` on the replica of ``key``'s master (coordinated)."""
+    def switchover(self, key: str, attempts: int = 4) -> tuple[RedisServer, float]:
+        """``CLUSTER FAILOVER`` on the replica of ``key``'s master (coordinated).
+
+        The command answers OK at once and the failover runs afterwards; Redis
+        aborts it when the replica cannot catch up within its manual-failover
+        timeout (5 s), as seen here on a loaded machine. So it is asked again
+        (up to ``attempts`` times) until the replica is master. Returns the old
+        master and the monotonic time of the first request.
+        """
         master = self.master_of(key)
         assert master is not None
         replica = self.replica_of(master)
         started = time.monotonic()
-        replica.client().execute_command("CLUSTER", "FAILOVER")
+        for attempt in range(attempts):
+            replica.client().execute_command("CLUSTER", "FAILOVER")
+            try:
+                wait_for(lambda: SentinelGroup.role(replica) == "master", MANUAL_FAILOVER_TIMEOUT,
+                         interval=0.02, message="the replica promoted")
+                break
+            except TimeoutError:
+                if attempt == attempts - 1:
+                    raise
         return master, started
 
     def wait_failover(self, key: str, old: RedisServer, since: float, timeout: float = 30.0,
