@@ -54,7 +54,7 @@ class SentinelGroup:
 
     # -- lifecycle ---------------------------------------------------------------
 
-    def start(self, timeout: float = 20.0) -> SentinelGroup:
+    def start(self, timeout: float = 40.0) -> SentinelGroup:
         if self.proxy is not None:
             self.proxy.start()
         for node in self.nodes:
