@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import time
 
+from .lifecycle import Started
 from .ports import free_port
 from .redis_server import RedisServer
 from .sentinel import SentinelGroup, replicated_node_config
@@ -37,7 +38,7 @@ def _slot(key: str) -> int:
     return int(key_slot(key.encode()))
 
 
-class RedisClusterGroup:
+class RedisClusterGroup(Started):
     """``masters`` masters with ``replicas_each`` replicas each (node timeout in ms)."""
 
     def __init__(self, masters: int = 3, replicas_each: int = 1, *,
@@ -75,16 +76,6 @@ class RedisClusterGroup:
         for node in self.nodes:
             with contextlib.suppress(Exception):
                 node.__exit__()
-
-    def __enter__(self) -> RedisClusterGroup:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     @property
     def url(self) -> str:

@@ -15,6 +15,7 @@ import contextlib
 import time
 from typing import Any
 
+from .lifecycle import Started
 from .proxy import TcpProxy
 from .redis_server import RedisServer
 from .waiting import wait_for
@@ -28,7 +29,7 @@ def replicated_node_config() -> list[str]:
     return ["repl-diskless-sync yes", "repl-diskless-sync-delay 0", "repl-timeout 5"]
 
 
-class SentinelGroup:
+class SentinelGroup(Started):
     """1 master + ``replicas`` replicas + ``sentinels`` Sentinels (quorum 2)."""
 
     def __init__(self, master_name: str = "leaderbeat", replicas: int = 2, sentinels: int = 3,
@@ -84,16 +85,6 @@ class SentinelGroup:
                 server.__exit__()
         if self.proxy is not None:
             self.proxy.close()
-
-    def __enter__(self) -> SentinelGroup:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- what it looks like --------------------------------------------------------
 
