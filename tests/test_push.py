@@ -61,6 +61,10 @@ class Standby:
         self.elector = elector
         self.led_at: float | None = None
         self.told = 0
+        #: Refused attempts since the last push (or reconnect): once one was made,
+        #: the watch is subscribed, so a release from then on reaches it.
+        self.asked_since_told = 0
+        self.asked = 0  # refused attempts in all
         self._stop = threading.Event()
         #: Set: neither ask nor wait (the test rearranges the store meanwhile).
         self.hold = threading.Event()
@@ -80,12 +84,19 @@ class Standby:
                     self.led_at = time.monotonic()
                     return
             except Exception:  # NotLeader: stand by
-                pass
+                self.asked_since_told += 1
+                self.asked += 1
             wait = min(self.elector.seconds_until_next_attempt(), 1.0)
             if self.elector.wait_for_release(wait):
+                self.asked_since_told = 0
                 self.told += 1
             else:
                 time.sleep(max(0.0, min(self.elector.seconds_until_next_attempt(), 0.05)))
+
+    def listening(self) -> bool:
+        """Told at least once (the watch subscribed) and asked since: a release
+        from now on is pushed to it."""
+        return self.told > 0 and self.asked_since_told > 0
 
     def stop(self) -> None:
         self._stop.set()
@@ -259,8 +270,9 @@ def own_redis() -> Iterator[RedisServer]:
 
 def assert_release_is_pushed(holder: LeaseElector, standby: Standby, told: int) -> None:
     """Once the standby looked again after its reconnect, the holder's release reaches it."""
-    wait_for(lambda: standby.told > told, 10, message="the standby listening again")
-    time.sleep(0.2)  # it asked, saw the holder, and waits again
+    wait_for(lambda: standby.told > told and standby.listening(), 10,
+             message="the standby listening again")
+    assert standby.led_at is None, "the standby led before the release: nothing was pushed"
     released_at = time.monotonic()
     holder.release()
     wait_for(lambda: standby.led_at is not None, HANDOVER_BOUND, interval=0.01,
@@ -288,6 +300,15 @@ def renewing(holder: LeaseElector) -> Iterator[LeaseElector]:
         leader.join()
         holder.release()
         holder.close()
+
+
+def _holds(elector: LeaseElector) -> bool:
+    """It leads, and the store agrees (the lease may be gone from a restarted Redis
+    while the elector's local deadline still runs)."""
+    if not _leads(elector):
+        return False
+    lease = elector.store.read()
+    return lease is not None and lease.holder == elector.identity
 
 
 def _leads(elector: LeaseElector) -> bool:
@@ -328,7 +349,8 @@ def test_a_subscriber_survives_a_redis_restart(own_redis: RedisServer, lease_nam
         told = standby.told
         standby.hold.set()  # so that the holder, not the standby, takes the lease again
         own_redis.restart()  # no persistence: the lease is gone with the subscription
-        assert wait_for(lambda: _leads(holder), 10, message="the holder leads again")
+        # Its local deadline alone would say it leads: wait until the store says so.
+        assert wait_for(lambda: _holds(holder), 10, message="the holder leads again")
         standby.hold.clear()
         assert_release_is_pushed(holder, standby, told)
     finally:
@@ -348,12 +370,12 @@ def test_a_stray_release_message_only_wakes_the_standby(
     standby = Standby(LeaseElector(store, identity="standby", timing=LONG_RETRY)).start()
     admin = redis_server.client()
     try:
-        wait_for(lambda: standby.told >= 1, 10, message="the standby subscribed")
+        wait_for(standby.listening, 10, message="the standby subscribed and asked")
         told = standby.told
-        time.sleep(0.2)  # it asked, saw the holder, and waits again
         assert admin.publish(store.release_channel, str(holder.term)) == 1
         wait_for(lambda: standby.told > told, 2, interval=0.01, message="the standby woken")
-        time.sleep(0.3)
+        wait_for(lambda: standby.asked_since_told > 0 or standby.led_at is not None, 5,
+                 interval=0.01, message="the woken standby's attempt")
         assert standby.led_at is None
         assert holder.is_leader() and holder.store.read().holder == "holder"  # type: ignore[union-attr]
     finally:
@@ -382,7 +404,10 @@ def _replicated_elector(kind: str, group: Any, lease_name: str, identity: str) -
 
 def _pushed_handover(holder: LeaseElector, standby: Standby) -> float:
     """Release once the standby waits on its watch; the seconds until it leads."""
-    time.sleep(0.3)  # it asked, saw the holder, and waits again
+    asked = standby.asked  # an attempt from now on: after any hold or failover
+    wait_for(lambda: standby.asked > asked and standby.listening(), 10,
+             message="the standby subscribed and asked")
+    assert standby.led_at is None, "the standby led before the release: nothing was pushed"
     released_at = time.monotonic()
     holder.release()
     wait_for(lambda: standby.led_at is not None, HANDOVER_BOUND, interval=0.01,
