@@ -202,6 +202,51 @@ def test_heartbeats_ride_on_lease_calls_with_the_role_they_leave(
     wait_for(lambda: not a.replicas(), 6, message="heartbeat records expiring")
 
 
+def test_heartbeat_records_share_one_etcd_lease_and_age_as_written(
+        make_store: Callable[[], EtcdLeaseStore]) -> None:
+    """One grant serves many records; a reader ages each record from the write and
+    unlists it once its lifetime is over, though its heartbeat lease lives on."""
+    store, reader = make_store(), make_store()
+    grants: list[str] = []
+    call = store.gateway.call
+
+    def counted(path: str, body: Any) -> Any:
+        if path == "lease/grant":
+            grants.append(path)
+        return call(path, body)
+
+    store.gateway.call = counted  # type: ignore[method-assign]
+    lifetime = 3.0
+    for _ in range(4):
+        store.acquire("owner-a", "a", TTL, beat=replica_record("a", expires_in=lifetime),
+                      take=False)
+        (listed,) = reader.replicas()
+        assert listed.heartbeat_age is not None and listed.heartbeat_age < 1.0
+        assert listed.expires_in is not None and lifetime - 1.0 < listed.expires_in <= lifetime
+    assert len(grants) == 1
+    written = time.monotonic()
+    wait_for(lambda: not reader.replicas(), lifetime + 2, message="the record unlisted")
+    assert time.monotonic() - written >= lifetime - 1.0  # whole seconds, as etcd counts
+    assert list(reader._scan(reader.replicas_prefix))  # still in etcd, with its lease
+
+
+def test_a_heartbeat_lease_etcd_no_longer_has_is_granted_anew(
+        make_store: Callable[[], EtcdLeaseStore]) -> None:
+    """Revoked behind the store's back (as when the process was suspended past its
+    end, or etcd was restored): the call that names it is made again on a new one."""
+    leader, standby, reader = make_store(), make_store(), make_store()
+    won = leader.acquire("owner-a", "a", TTL, beat=replica_record("a"))
+    standby.acquire("owner-b", "b", TTL, beat=replica_record("b"))
+    for store in (leader, standby):
+        assert store._heartbeat_lease is not None
+        reader._revoke(store._heartbeat_lease.lease_id)
+    assert not reader.replicas()
+    assert leader.renew("owner-a", won.lease.term, TTL,
+                        beat=replica_record("a")) is Renewal.RENEWED
+    assert not standby.acquire("owner-b", "b", TTL, beat=replica_record("b")).acquired
+    assert {(r.identity, r.role) for r in reader.replicas()} == {("a", LEADER), ("b", STANDBY)}
+
+
 def test_a_step_down_request_releases_the_lease_of_its_term_only(
         make_store: Callable[[], EtcdLeaseStore]) -> None:
     leader, operator, other = make_store(), make_store(), make_store()

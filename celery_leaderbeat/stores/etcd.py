@@ -18,8 +18,8 @@ can grant exactly that prefix):
 - ``history/<entry name>``: one run record per schedule entry. The name is
   the key's remaining bytes, UTF-8 (lone surrogates kept), so any name
   round-trips exactly; etcd keys are bytes of any length.
-- ``replicas/<identity>``: one heartbeat record per replica, attached to an
-  etcd lease granted for the record's lifetime at each heartbeat.
+- ``replicas/<identity>``: one heartbeat record per replica, attached to the
+  replica's heartbeat lease (see "Heartbeats" below).
 - ``step_down/<term>``: a pending request that the leader of ``term`` let
   go, attached to a lease of ``STEP_DOWN_TTL``.
 - ``pause``: the pause of dispatch in effect (a
@@ -84,6 +84,23 @@ more request per attempt) could only come early; the DELETE event marks
 the first moment an acquire can succeed. A standby then asks about once
 per TTL (the fallback for a watch that went quiet without closing).
 
+Heartbeats: a record must vanish by itself when its replica dies, so it is
+attached to an etcd lease; granting one per record would double what a
+standby sends (a transaction and a grant per TTL). Instead each replica
+grants one heartbeat lease of ``HEARTBEAT_LEASE_SPAN`` record lifetimes and
+attaches its records to it while it has at least one lifetime left (judged
+on ``time.monotonic()`` from before the grant was sent, so never later than
+etcd's own expiry): one grant per two lifetimes (30 s with the defaults).
+Each record carries the seconds its etcd lease had left when it was written
+(``etcd_lease_left``), so a reader takes its age as that minus what etcd
+reports left now, and counts the record gone once the age reaches the
+lifetime the record names: readers see the same freshness as with a lease
+per record (whole seconds, as etcd reports TTLs), while the key of a dead
+replica stays in etcd for up to ``HEARTBEAT_LEASE_SPAN`` lifetimes, unlisted.
+A heartbeat lease etcd no longer has (the process was suspended past its
+end, or the cluster was restored from a snapshot) fails the transaction
+that names it as a whole; the call is made once more with a new grant.
+
 Retries: :class:`~.etcd_gateway.EtcdGateway` repeats a call on another
 member when one did not answer, so a call may be applied twice. Each is
 safe twice: a repeated acquire finds the lease already ours, a repeated
@@ -100,16 +117,16 @@ import math
 import os
 import ssl
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, TypeVar
 
 from ..lease import Acquisition, LeaseRecord, Renewal, StoreUnavailable
 from ..pause import DispatchPause, DispatchPaused, DispatchResume, PauseState
 from ..registry import LEADER, STEP_DOWN_TTL, ReplicaRecord, StepDownRequest, sort_replicas
 from ..settings import improperly_configured
-from .etcd_gateway import EtcdGateway, b64, unb64
+from .etcd_gateway import NOT_FOUND, EtcdError, EtcdGateway, b64, unb64
 from .etcd_watch import EtcdReleaseWatch
 
 if TYPE_CHECKING:
@@ -118,6 +135,8 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_PORT", "MIN_LEASE_TTL", "EtcdLeaseStore", "parse_etcd_url"]
 
 logger = logging.getLogger("celery.beat.leaderbeat")
+
+Answer = TypeVar("Answer")
 
 DEFAULT_PORT = 2379
 
@@ -134,6 +153,13 @@ MAX_TXN_OPS = 128
 #: Keys read per page when listing history or replicas.
 PAGE = 500
 
+#: A heartbeat lease lasts this many record lifetimes; records go on it while it
+#: has one lifetime left, so one grant serves ``HEARTBEAT_LEASE_SPAN - 1`` lifetimes.
+HEARTBEAT_LEASE_SPAN = 3
+
+#: The key in a heartbeat record's JSON for the seconds its etcd lease had left.
+LEASE_LEFT = "etcd_lease_left"
+
 #: Transactions tried when another replica changed the lease between our read and write.
 ATTEMPTS = 3
 
@@ -141,6 +167,17 @@ TLS_OPTIONS = ("ca_cert", "client_cert", "client_key")
 OPTIONS = ("timeout", *TLS_OPTIONS)
 
 SCHEMES = {"etcd": False, "etcds": True}  # scheme -> TLS
+
+
+class HeartbeatLease(NamedTuple):
+    """This replica's heartbeat lease: its etcd ID, and when it ends at the latest
+    (``time.monotonic()`` seconds, counted from before the grant was sent)."""
+
+    lease_id: int
+    ends_by: float
+
+    def left(self) -> float:
+        return self.ends_by - time.monotonic()
 
 
 class EtcdUrl(NamedTuple):
@@ -275,6 +312,7 @@ class EtcdLeaseStore:
         self._values: dict[tuple[str, int], bytes] = {}
         self._warned_ttl = False
         self._lease_seen = 0
+        self._heartbeat_lease: HeartbeatLease | None = None
 
     @classmethod
     def from_url(cls, url: str, settings: LeaderSettings) -> EtcdLeaseStore:
@@ -296,7 +334,11 @@ class EtcdLeaseStore:
 
     def acquire(self, owner: str, identity: str, ttl: float, *,
                 beat: ReplicaRecord | None = None, take: bool = True) -> Acquisition:
-        beat_lease = self._beat_lease(beat)
+        return self._with_beat_lease(
+            beat, lambda beat_lease: self._acquire(owner, identity, ttl, beat, beat_lease, take))
+
+    def _acquire(self, owner: str, identity: str, ttl: float, beat: ReplicaRecord | None,
+                 beat_lease: int, take: bool) -> Acquisition:
         for _ in range(ATTEMPTS):
             # Who holds it, and the meta record an acquisition would update.
             _, (found, meta) = self._txn(
@@ -364,11 +406,15 @@ class EtcdLeaseStore:
         ``ttl`` is not used: a keepalive restores the TTL granted at acquisition.
         ``Renewal.PAUSED`` when the pause key existed at the renewing transaction.
         """
+        return self._with_beat_lease(
+            beat, lambda beat_lease: self._renew(owner, term, beat, beat_lease))
+
+    def _renew(self, owner: str, term: int, beat: ReplicaRecord | None,
+               beat_lease: int) -> Renewal:
         value = self._value(owner, term)
         if value is None:
             return Renewal.LOST
         asked = self.step_down_prefix + str(term)
-        beat_lease = self._beat_lease(beat)
         renewed, (found, *rest) = self._txn(
             [*self._fence(term, value), _compare(asked, "CREATE", "EQUAL", 0)],
             [_range(self.lease_key), _range(self.pause_key),
@@ -479,9 +525,32 @@ class EtcdLeaseStore:
 
     # -- the replica registry (celery_leaderbeat.registry.ReplicaRegistry) ----------
 
+    def _with_beat_lease(self, beat: ReplicaRecord | None,
+                         call: Callable[[int], Answer]) -> Answer:
+        """``call`` with the heartbeat lease ``beat`` goes on (0 without a record); made
+        once more with a new grant when etcd no longer has the lease it named."""
+        beat_lease = self._beat_lease(beat)
+        try:
+            return call(beat_lease)
+        except EtcdError as exc:
+            if not beat_lease or not _lease_not_found(exc):
+                raise
+        # The whole transaction was refused, nothing written: grant anew and repeat it.
+        self._heartbeat_lease = None
+        return call(self._beat_lease(beat))
+
     def _beat_lease(self, beat: ReplicaRecord | None) -> int:
-        """An etcd lease for ``beat``'s lifetime, granted now (0 without a record)."""
-        return 0 if beat is None else self._grant(beat.expires_in or 1.0, warn=False)
+        """The heartbeat lease ``beat`` goes on: the current one while it outlives the
+        record, else a new one of ``HEARTBEAT_LEASE_SPAN`` lifetimes (0 without a record)."""
+        if beat is None:
+            return 0
+        lifetime = beat.expires_in or 1.0
+        current = self._heartbeat_lease
+        if current is None or current.left() < lifetime:
+            sent = time.monotonic()
+            lease_id, granted = self._grant_seconds(HEARTBEAT_LEASE_SPAN * lifetime)
+            current = self._heartbeat_lease = HeartbeatLease(lease_id, sent + granted)
+        return current.lease_id
 
     def _beat_put(self, beat: ReplicaRecord | None, lease_id: int, term: int | None,
                   leader: bool = False) -> list[dict[str, Any]]:
@@ -490,26 +559,43 @@ class EtcdLeaseStore:
         if beat is None:
             return []
         record = replace(beat, role=LEADER, term=None) if leader else beat.as_left(term)
+        data = record.encode()
+        current = self._heartbeat_lease
+        if current is not None and current.lease_id == lease_id:
+            data[LEASE_LEFT] = round(current.left(), 3)
         key = self.replicas_prefix + beat.identity.encode("utf-8", "surrogatepass")
-        return [_put(key, json.dumps(record.encode()), lease_id)]
+        return [_put(key, json.dumps(data), lease_id)]
 
     def replicas(self) -> list[ReplicaRecord]:
         found = []
         for kv in self._scan(self.replicas_prefix):
             answer = self._call("kv/lease/timetolive", {"ID": str(kv.lease)})
-            left, granted = int(answer.get("TTL", -1)), int(answer.get("grantedTTL", 0))
+            left = float(answer.get("TTL", -1))
+            data = kv.json()
+            record = ReplicaRecord.decode(data)
+            lease_left = data.get(LEASE_LEFT)
+            if isinstance(lease_left, (int, float)) and record.expires_in:
+                # On a heartbeat lease: aged by what the lease lost since the write.
+                age = lease_left - left
+                left = min(left, record.expires_in - age)
+            else:  # a record on an etcd lease of its own (written by an earlier version)
+                age = float(answer.get("grantedTTL", 0)) - left
             if left <= 0:
-                continue  # expired; etcd deletes it shortly
-            record = ReplicaRecord.decode(kv.json())
+                continue  # expired; etcd deletes it shortly, or with its heartbeat lease
             if record.role == LEADER and record.term is None:
                 # Written by the acquiring transaction, whose revision is the term.
                 record = replace(record, term=kv.mod_revision)
-            found.append(record.seen(granted - left, left))
+            found.append(record.seen(age, left))
         return sort_replicas(found)
 
     def withdraw(self, identity: str) -> None:
+        """Delete ``identity``'s record, and revoke this store's heartbeat lease."""
         self._txn([], [_delete(self.replicas_prefix + identity.encode("utf-8", "surrogatepass"))],
                   [])
+        current, self._heartbeat_lease = self._heartbeat_lease, None
+        if current is not None:
+            with contextlib.suppress(StoreUnavailable):
+                self._revoke(current.lease_id)
 
     def request_step_down(self) -> StepDownRequest | None:
         for _ in range(ATTEMPTS):
@@ -677,6 +763,11 @@ def _delete(key: str | bytes) -> dict[str, Any]:
 
 def _one(kvs: list[Kv]) -> Kv | None:
     return kvs[0] if kvs else None
+
+
+def _lease_not_found(exc: EtcdError) -> bool:
+    """etcd refused a request naming an etcd lease it does not have."""
+    return exc.code == NOT_FOUND and "lease not found" in str(exc)
 
 
 def _owner(kv: Kv) -> str | None:
