@@ -25,16 +25,30 @@ a standby at most one command per retry interval when pulling, 0.3 per
 second when told; a leader at most one per renew interval plus one per
 dispatch.
 
+On etcd (``--store etcd``, a private single-member etcd), requests are
+counted from the member's own ``/metrics`` (``grpc_server_msg_received_total``
+by gRPC method: every transaction, lease grant, keepalive, watch request,
+read), so each request the JSON gateway serves counts once. Requests carry
+no role, so the leader's share is measured alone first (one replica, the
+same schedule, in the same run), and each standby is the rest divided
+among the standbys.
+
     python benchmarks/coordination_load.py                      # 1, 3, 20 replicas, 20 s each
     python benchmarks/coordination_load.py --replicas 3 --window 120
+    python benchmarks/coordination_load.py --store etcd --replicas 3 --window 60
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
 import sys
 import time
 from collections import Counter
+from typing import Callable
+
+import urllib3
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -47,20 +61,24 @@ from benchmarks.common import (
     private_redis,
 )
 from celery_leaderbeat.lease import LeaseTiming
-from celery_leaderbeat.testing import BeatCluster, wait_for
+from celery_leaderbeat.testing import BeatCluster, EtcdCluster, wait_for
 
 #: A standby told of releases (leaderbeat_push, the default): at most this many per second.
 PUSH_STANDBY_CAP = 0.3
+
+#: One etcd metric line: requests received by one gRPC method.
+REQUESTS_METRIC = re.compile(
+    r'^grpc_server_msg_received_total\{grpc_method="(?P<method>\w+)".*\} (?P<count>\S+)$')
 
 #: Commands the scripts run inside Redis; any other command is a top-level call.
 INSIDE_SCRIPTS = {"hmget", "hget", "hset", "hdel", "hincrby", "pexpire", "time", "zadd",
                   "zrem", "zrangebyscore", "get", "set", "del", "pttl", "publish"}
 
 
-def measure(replicas: int, broker_url: str, store: object, store_url: str, window: float,
-            warmup: float, push: bool) -> dict[str, float]:
-    """Start a cluster, wait for steady state, count the store's commands over ``window``."""
-    client = store.client()  # type: ignore[attr-defined]
+def count_over(replicas: int, broker_url: str, store_url: str, window: float, warmup: float,
+               push: bool, counts: Callable[[], Counter[str]]) -> dict[str, float]:
+    """Start a cluster, wait for steady state, and take ``counts`` before and after
+    ``window``: the difference by name, with the window's length and dispatches."""
     cluster = BeatCluster(broker_url, replicas, scheduler=LEADER_SCHEDULER,
                           elector=store_url, loglevel="warning",
                           conf={"leaderbeat_push": push})
@@ -75,11 +93,11 @@ def measure(replicas: int, broker_url: str, store: object, store_url: str, windo
         wait_for(steady, 60 + 5 * replicas, interval=0.2,
                  message=f"{replicas} replicas registered and a leader")
         time.sleep(warmup)
-        before = Counter(command_counts(client))
+        before = counts()
         sent_before = len(cluster.recorder.publishes())
         started = time.monotonic()
         time.sleep(window)
-        after = Counter(command_counts(client))
+        after = counts()
         elapsed = time.monotonic() - started
         dispatched = len(cluster.recorder.publishes()) - sent_before
         gone = cluster.exited_by_themselves()
@@ -87,8 +105,20 @@ def measure(replicas: int, broker_url: str, store: object, store_url: str, windo
             raise RuntimeError(f"replicas exited: {gone}\n{cluster.logs()}")
     finally:
         cluster.close()
+    measured: dict[str, float] = {name: float(n) for name, n in (after - before).items()}
+    return {**measured, "elapsed": elapsed, "dispatched": float(dispatched)}
+
+
+def measure(replicas: int, broker_url: str, store: object, store_url: str, window: float,
+            warmup: float, push: bool) -> dict[str, float]:
+    """Count the private Redis store's commands over ``window``, split by role."""
+    client = store.client()  # type: ignore[attr-defined]
+    try:
+        delta = Counter(count_over(replicas, broker_url, store_url, window, warmup, push,
+                                   lambda: Counter(command_counts(client))))
+    finally:
         client.close()
-    delta = after - before
+    elapsed, dispatched = delta.pop("elapsed"), delta.pop("dispatched")
     delta["info"] = 0  # our own counting
     heartbeats = delta["zadd"]
     renewals = delta["pexpire"]
@@ -103,13 +133,71 @@ def measure(replicas: int, broker_url: str, store: object, store_url: str, windo
     }
 
 
+def etcd_requests(etcd: EtcdCluster) -> Counter[str]:
+    """gRPC requests the members have received, by method, from their ``/metrics``
+    (read over plain HTTP: the reading adds nothing to the counts)."""
+    found: Counter[str] = Counter()
+    http = urllib3.PoolManager()
+    try:
+        for member in etcd.members:
+            text = http.request("GET", f"http://{member.endpoint}/metrics").data.decode()
+            for line in text.splitlines():
+                matched = REQUESTS_METRIC.match(line)
+                if matched:
+                    found[matched["method"]] += int(float(matched["count"]))
+    finally:
+        http.clear()
+    return found
+
+
+def etcd_main(options: argparse.Namespace, timing: LeaseTiming) -> None:
+    """The etcd store: each standby's requests beside the leader's, pull against push."""
+    with private_redis() as broker, EtcdCluster(1) as etcd:
+        describe_run("Coordination load (etcd)", broker)
+        sizes = [int(n) for n in options.replicas.split(",") if int(n) > 1]
+        rows = []
+        for push in (False, True):
+            alone = count_over(1, broker.url, etcd.url, options.window, options.warmup, push,
+                               lambda: etcd_requests(etcd))
+            leader = total_rate(alone)
+            for size in sizes:
+                m = count_over(size, broker.url, etcd.url, options.window, options.warmup, push,
+                               lambda: etcd_requests(etcd))
+                everyone = total_rate(m)
+                standby = (everyone - leader) / (size - 1)
+                by_method = ", ".join(f"{name} {n / m['elapsed']:.2f}" for name, n in
+                                      sorted(m.items()) if name not in ("elapsed", "dispatched")
+                                      and n)
+                # The target is for a standby that is told (pull: the baseline).
+                target = ("met" if standby <= PUSH_STANDBY_CAP * 1.02 else "MISSED") \
+                    if push else "-"
+                rows.append([size, "push" if push else "pull", f"{everyone:.2f}",
+                             f"{leader:.2f}", f"{standby:.2f}",
+                             f"{PUSH_STANDBY_CAP:.2f}" if push else "-", target, by_method])
+        print(f"Default timing: ttl {timing.ttl} s, renew every {timing.renew_interval} s, "
+              f"standby retry every {timing.retry_interval} s; window {options.window:.0f} s "
+              "per run. etcd requests per second, counted by the member; the leader "
+              "measured alone (1 replica) in the same run.\n")
+        print_table(["replicas", "mode", "all replicas", "leader alone", "each standby",
+                     "standby cap", "standby target", "by gRPC method (all replicas)"], rows)
+
+
+def total_rate(measured: dict[str, float]) -> float:
+    return sum(n for name, n in measured.items()
+               if name not in ("elapsed", "dispatched")) / measured["elapsed"]
+
+
 def main() -> None:
     args = parser(__doc__)
     args.add_argument("--replicas", default="1,3,20", help="comma-separated cluster sizes")
     args.add_argument("--window", type=float, default=20.0, help="seconds counted per size")
     args.add_argument("--warmup", type=float, default=3.0)
+    args.add_argument("--store", choices=("redis", "etcd"), default="redis")
     options = args.parse_args()
     timing = LeaseTiming()
+    if options.store == "etcd":
+        etcd_main(options, timing)
+        return
 
     with private_redis() as broker, private_redis() as store:
         describe_run("Coordination load", store)
