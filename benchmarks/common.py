@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -21,7 +22,7 @@ from typing import Any
 
 from kombu.utils.url import maybe_sanitize_url
 
-from celery_leaderbeat.testing import RedisServer
+from celery_leaderbeat.testing import EtcdCluster, RedisServer
 
 __all__ = [
     "LEADER_SCHEDULER",
@@ -93,8 +94,10 @@ def _versions() -> dict[str, str]:
     }
 
 
-def describe_run(title: str, redis: RedisServer | None = None) -> None:
-    """Print what a reader needs to judge the numbers: when, where, which versions, how."""
+def describe_run(title: str, redis: RedisServer | None = None, *,
+                 redis_role: str = "", etcd: EtcdCluster | None = None) -> None:
+    """Print what a reader needs to judge the numbers: when, where, which versions, how
+    (``redis_role`` says what the private Redis is for, when that is not obvious)."""
     cores = os.cpu_count() or 0
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
     print(f"## {title}\n")
@@ -104,7 +107,13 @@ def describe_run(title: str, redis: RedisServer | None = None) -> None:
     print("- versions: " + ", ".join(f"{k} {v}" for k, v in _versions().items()))
     if redis is not None:
         info = redis.client().info("server")
-        print(f"- redis-server {info.get('redis_version')} (private, port {redis.port})")
+        role = f": {redis_role}" if redis_role else ""
+        print(f"- redis-server {info.get('redis_version')} (private, port {redis.port}){role}")
+    if etcd is not None:
+        version = subprocess.run([etcd.executable, "--version"], capture_output=True,
+                                 text=True, check=False).stdout.splitlines()[:1]
+        print(f"- {' '.join(version) or 'etcd'} (private, {len(etcd.members)} member(s), "
+              f"{etcd.url})")
     print(f"- command: {' '.join([os.path.relpath(sys.argv[0]), *sys.argv[1:]])}\n",
           flush=True)
 

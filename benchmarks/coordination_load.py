@@ -1,7 +1,8 @@
 """Coordination load: store commands per second per replica, for 1, 3 and 20 replicas.
 
-Real ``celery beat`` replicas run the default schedule (a 1 s entry and an
-every-minute crontab) with default lease timing. The lease store is a
+Redis (the default): real ``celery beat`` replicas run the default schedule
+(a 1 s entry and an every-minute crontab) with default lease timing. The
+lease store is a
 private redis-server of its own, apart from the broker's, so every command
 it counts is coordination. Counting reads ``INFO commandstats`` before and
 after a steady-state window (no MONITOR): each lease script is one
@@ -25,13 +26,16 @@ a standby at most one command per retry interval when pulling, 0.3 per
 second when told; a leader at most one per renew interval plus one per
 dispatch.
 
-On etcd (``--store etcd``, a private single-member etcd), requests are
+On etcd (``--store etcd``, a private single-member etcd as the lease store,
+the private Redis only the broker), requests are
 counted from the member's own ``/metrics`` (``grpc_server_msg_received_total``
 by gRPC method: every transaction, lease grant, keepalive, watch request,
 read), so each request the JSON gateway serves counts once. Requests carry
 no role, so the leader's share is measured alone first (one replica, the
 same schedule, in the same run), and each standby is the rest divided
-among the standbys.
+among the standbys. The 0.3/s target is for a told standby; pull (2 attempts
+a second, plus a heartbeat lease grant per two record lifetimes) is the
+baseline it is measured against.
 
     python benchmarks/coordination_load.py                      # 1, 3, 20 replicas, 20 s each
     python benchmarks/coordination_load.py --replicas 3 --window 120
@@ -153,7 +157,7 @@ def etcd_requests(etcd: EtcdCluster) -> Counter[str]:
 def etcd_main(options: argparse.Namespace, timing: LeaseTiming) -> None:
     """The etcd store: each standby's requests beside the leader's, pull against push."""
     with private_redis() as broker, EtcdCluster(1) as etcd:
-        describe_run("Coordination load (etcd)", broker)
+        describe_run("Coordination load (etcd)", broker, redis_role="the broker", etcd=etcd)
         sizes = [int(n) for n in options.replicas.split(",") if int(n) > 1]
         rows = []
         for push in (False, True):
@@ -177,7 +181,9 @@ def etcd_main(options: argparse.Namespace, timing: LeaseTiming) -> None:
         print(f"Default timing: ttl {timing.ttl} s, renew every {timing.renew_interval} s, "
               f"standby retry every {timing.retry_interval} s; window {options.window:.0f} s "
               "per run. etcd requests per second, counted by the member; the leader "
-              "measured alone (1 replica) in the same run.\n")
+              "measured alone (1 replica) in the same run. The standby cap is the target "
+              f"for a told standby ({PUSH_STANDBY_CAP}/s); pull is the baseline it is "
+              "measured against.\n")
         print_table(["replicas", "mode", "all replicas", "leader alone", "each standby",
                      "standby cap", "standby target", "by gRPC method (all replicas)"], rows)
 

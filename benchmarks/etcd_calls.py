@@ -109,9 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_parser.add_argument("--calls", type=int, default=500, help="calls timed per row")
     args = args_parser.parse_args(argv)
     with EtcdCluster(1) as etcd, RedisServer() as redis:
-        describe_run("Store calls: etcd next to Redis", redis)
-        version = os.popen(f"{etcd.executable} --version").readline().strip()
-        print(f"- {version} (private, single member)\n", flush=True)
+        describe_run("Store calls: etcd next to Redis", redis, etcd=etcd)
         rows = store_rows("etcd", EtcdLeaseStore.from_url(
             etcd.url, store_settings(unique("bench"))), args.calls)
         rows += store_rows("redis", redis_store(redis.url, unique("bench")), args.calls)

@@ -220,11 +220,13 @@ class Demo:
         dead = [r.identity for r in self.cluster.exited_by_themselves()]
         timing = self.cluster.timing
         say("\n=== summary")
+        say("  (a takeover is timed from the fault to the new leader's first publish, "
+            "so it includes the wait for the next run of the 1 s entry)")
         for label, took in self.takeovers:
             say(f"  takeover after {label + ':':<18} {took:4.1f} s")
         say(f"  lease timing: ttl {timing.ttl} s, renew {timing.renew_interval} s, "
             f"standby retry {timing.retry_interval} s "
-            f"(bounds: crash {timing.ttl + timing.retry_interval + 1:.1f} s, "
+            f"(bounds, that wait included: crash {timing.ttl + timing.retry_interval + 1:.1f} s, "
             f"step-down {timing.renew_interval + timing.retry_interval:.1f} s, "
             f"graceful {timing.retry_interval + 1:.1f} s)")
         if self.file_lock:

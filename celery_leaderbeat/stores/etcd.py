@@ -95,7 +95,8 @@ Each record carries the seconds its etcd lease had left when it was written
 (``etcd_lease_left``), so a reader takes its age as that minus what etcd
 reports left now, and counts the record gone once the age reaches the
 lifetime the record names: readers see the same freshness as with a lease
-per record (whole seconds, as etcd reports TTLs), while the key of a dead
+per record (to within a second, erring older: etcd reports whole seconds
+left), while the key of a dead
 replica stays in etcd for up to ``HEARTBEAT_LEASE_SPAN`` lifetimes, unlisted.
 A heartbeat lease etcd no longer has (the process was suspended past its
 end, or the cluster was restored from a snapshot) fails the transaction
