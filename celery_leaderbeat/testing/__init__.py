@@ -38,7 +38,7 @@ from .beat_cluster import (
 )
 from .certificates import Certificates, make_certificates
 from .etcd_server import EtcdCluster, EtcdMember, etcd_executable
-from .names import NAMES, assert_each_name_keeps_its_own_history
+from .names import NAMES, SURROGATES, assert_each_name_keeps_its_own_history
 from .ports import free_port
 from .processes import death_signal_setter
 from .proxy import TcpProxy
@@ -64,6 +64,7 @@ __all__ = [
     "LEADER_SCHEDULER",
     "NAMES",
     "SCHEDULE_ENV",
+    "SURROGATES",
     "BeatCluster",
     "Certificates",
     "EtcdCluster",
