@@ -3,7 +3,10 @@
 Real PostgreSQL, MariaDB and SQLite (SQL store), the private Redis and the
 file store. Every SQL test has its own tables (a random
 ``leaderbeat_sql_table``), dropped at the end. The Django store is tested
-with the same names in ``test_django_store.py``.
+with the same names in ``test_django_store.py``. Redis keeps names with
+lone surrogates too (``SURROGATES``), here and through a scheduler's
+ticks; ``test_redis_store.py`` checks them on Sentinel and Cluster, and in
+identities.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,12 +25,15 @@ from celery import Celery
 from celery_leaderbeat import ClaimRejected, LeaseElector, NotLeader
 from celery_leaderbeat.backends import choose_elector
 from celery_leaderbeat.lease import LeaseStore
+from celery_leaderbeat.scheduler import TERM_HEADER
 from celery_leaderbeat.settings import LeaderSettings
 from celery_leaderbeat.stores.file import FileLeaseStore
 from celery_leaderbeat.stores.sql import SqlLeaseStore, engine_url
 from celery_leaderbeat.testing import (
+    SURROGATES,
     RedisServer,
     assert_each_name_keeps_its_own_history,
+    redis_store,
     replica_record,
 )
 
@@ -92,7 +99,32 @@ def test_sql_names_round_trip_exactly(stores: Callable[..., SqlLeaseStore]) -> N
 def test_redis_names_round_trip_exactly(redis_server: RedisServer, lease_name: str) -> None:
     store = choose_elector(_settings(redis_server.url, lease_name)).elector.store
     try:
-        assert_each_name_keeps_its_own_history(store)
+        assert_each_name_keeps_its_own_history(store, SURROGATES)
+    finally:
+        store.close()
+
+
+def test_a_redis_leader_sends_an_entry_named_with_a_lone_surrogate_on_every_tick(
+        make_app: Callable[..., Celery], make_scheduler: Callable[..., Any], tap: Any,
+        ticker: Callable[..., Any], redis_server: RedisServer, lease_name: str) -> None:
+    """Its runs are claimed and sent like any other; the leader keeps its one term."""
+    odd = "nightly-\ud800"
+    every = {"schedule": timedelta(seconds=0.3)}
+    app = make_app(beat_schedule={odd: {"task": "tests.odd", **every},
+                                  "plain": {"task": "tests.plain", **every}})
+    beat = make_scheduler(app, "a")
+
+    def each_sent_three_times() -> bool:
+        tap.drain()
+        tasks = [m.headers["task"] for m in tap.received]
+        return tasks.count("tests.odd") >= 3 and tasks.count("tests.plain") >= 3
+
+    ticker([beat], each_sent_three_times, timeout=20)
+    assert beat.is_leader
+    assert {m.headers[TERM_HEADER] for m in tap.received} == {beat.term}
+    store = redis_store(redis_server.url, lease_name)
+    try:
+        assert store.load_history().keys() == {odd, "plain"}
     finally:
         store.close()
 

@@ -319,6 +319,40 @@ def test_a_step_down_request_releases_at_the_renewal_of_its_term_once(
     assert store.renew("owner-b", second.lease.term, 5) is Renewal.STEPPED_DOWN
 
 
+@pytest.mark.parametrize("decode_responses", [False, True])
+def test_names_and_identities_with_lone_surrogates_round_trip_exactly(
+        store_url: str, lease_name: str, decode_responses: bool) -> None:
+    """No UTF-8 text holds a lone surrogate; the store keeps it all the same, in
+    entry names (claim, history, forget) and in identities (lease, registry),
+    whatever the client options say of decoding."""
+    store = store_on(store_url, lease_name, decode_responses=decode_responses)
+    identity, other, owner = "beat-\udc80", "beat-\ud800", "owner-\udc80"
+    won = store.acquire(owner, identity, 5, beat=replica_record(identity))
+    assert won.acquired and won.lease.holder == identity
+    term = won.lease.term
+    lost = store.acquire("owner-b", other, 5, beat=replica_record(other))
+    assert not lost.acquired and lost.lease.holder == identity
+    held = store.read()
+    assert held is not None and held.holder == identity
+    assert _roles(store) == {identity: (LEADER, term), other: (STANDBY, None)}
+    runs = {"nightly-\ud800": "r1", "report \ud83d\udcc8": "r2", "report \U0001f4c8": "r3",
+            "plain": "r4"}
+    assert store.claim(owner, term, runs)
+    assert store.load_history() == runs
+    assert store.forget(owner, term, ["nightly-\ud800", "report \ud83d\udcc8"])
+    assert store.load_history() == {"report \U0001f4c8": "r3", "plain": "r4"}
+    # A field no name of ours encodes to (not UTF-8 even with surrogates) is left out.
+    store.client.hset(store.history_key, b"\xff-by-someone-else", "r5")
+    assert store.load_history() == {"report \U0001f4c8": "r3", "plain": "r4"}
+    assert store.renew(owner, term, 5, beat=replica_record(identity)) is Renewal.RENEWED
+    store.withdraw(other)
+    assert _roles(store) == {identity: (LEADER, term)}
+    asked = store.request_step_down()
+    assert asked is not None and (asked.holder, asked.term) == (identity, term)
+    assert store.release(owner, term)
+    assert store.read() is None
+
+
 def test_a_cluster_store_starts_while_no_node_answers_and_connects_later(
         lease_name: str) -> None:
     """As every store connects lazily: beat starts, and leads once the cluster answers."""

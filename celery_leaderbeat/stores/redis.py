@@ -16,6 +16,14 @@ Keys, all in one Redis Cluster slot thanks to the ``{name}`` hash tag:
   for ``pause --for``; the CLAIM script refuses while it exists, the RENEW
   script says so. ``...:resumed``: hash (resume, ended) of the latest resume.
 
+Text (entry names, identities, owner tokens, records) goes to Redis as
+UTF-8 with lone surrogates kept (``errors="surrogatepass"``, as the etcd
+store keys names) and is read back the same way, so any Python ``str``
+round-trips exactly and none makes a call fail: a name with a lone
+surrogate is a history field like any other. The store decodes replies
+itself, so its clients are built with ``decode_responses=False`` whatever
+``leaderbeat_redis_options`` say (:data:`WIRE_OPTIONS`).
+
 Every mutation checks owner token and term inside one script. Limits: a
 Redis that loses data (restart without persistence, failover to a replica
 that missed the last writes) loses the lease and history with it. Terms
@@ -76,6 +84,11 @@ DEFAULT_CLIENT_OPTIONS: dict[str, Any] = {
     "retry": Retry(NoBackoff(), 0),
     "health_check_interval": 0,
 }
+
+#: Client options the store needs whatever the user's say: replies as bytes, which
+#: it decodes itself (a redis-py that decoded them, strictly, would fail on the
+#: first name with a lone surrogate, and leave the rest of the reply unread).
+WIRE_OPTIONS: dict[str, Any] = {"decode_responses": False}
 
 # Writes a heartbeat record into the replica registry (celery_leaderbeat.registry),
 # dropping expired ones: a function every script that carries a heartbeat starts
@@ -315,8 +328,28 @@ def _stamp(raw: bytes | None) -> datetime | None:
     return datetime.fromtimestamp(float(raw), tz=timezone.utc)
 
 
+def _wire(args: Iterable[Any]) -> list[Any]:
+    """Script arguments as sent: text as UTF-8 with lone surrogates kept, so that
+    no ``str`` fails to encode (redis-py would encode it strictly)."""
+    return [arg.encode("utf-8", "surrogatepass") if isinstance(arg, str) else arg
+            for arg in args]
+
+
+def _name(raw: bytes | str) -> str:
+    """Text :func:`_wire` sent, exactly as it was; UnicodeDecodeError for bytes
+    it cannot have sent (not UTF-8 even with surrogates)."""
+    return raw.decode("utf-8", "surrogatepass") if isinstance(raw, bytes) else raw
+
+
 def _text(raw: Any) -> str | None:
-    return raw.decode() if isinstance(raw, bytes) else raw
+    """Text read back for display (an identity), never failing: bytes that are not
+    :func:`_wire`'s show their undecodable bytes as ``\\xNN``."""
+    if not isinstance(raw, bytes):
+        return None if raw is None else str(raw)
+    try:
+        return _name(raw)
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "backslashreplace")
 
 
 def connection_options(settings: LeaderSettings, *, brokers: bool = False) -> dict[str, Any]:
@@ -324,12 +357,13 @@ def connection_options(settings: LeaderSettings, *, brokers: bool = False) -> di
 
     :data:`DEFAULT_CLIENT_OPTIONS`, under the broker's TLS (``broker_use_ssl``)
     and connection options when ``brokers`` (the store is the broker's, reused
-    because ``leaderbeat_elector`` is unset), under ``leaderbeat_redis_options``.
+    because ``leaderbeat_elector`` is unset), under ``leaderbeat_redis_options``,
+    under :data:`WIRE_OPTIONS`.
     A plain ``redis://`` store reads its URL with
     :func:`.redis_options.client_options` instead, which adds the URL's own.
     """
     extra = broker_connection_options(settings) if brokers else {}
-    return {**DEFAULT_CLIENT_OPTIONS, **extra, **settings.redis_options}
+    return {**DEFAULT_CLIENT_OPTIONS, **extra, **settings.redis_options, **WIRE_OPTIONS}
 
 
 class RedisLeaseStore:
@@ -382,12 +416,14 @@ class RedisLeaseStore:
         query parameters, failover lists, ``broker_use_ssl``): see
         :func:`.redis_options.client_options`, which raises
         ImproperlyConfigured for a form it cannot honour. Client options are
-        :data:`DEFAULT_CLIENT_OPTIONS` under what the URL and the settings say.
+        :data:`DEFAULT_CLIENT_OPTIONS` under what the URL and the settings say,
+        under :data:`WIRE_OPTIONS`.
         ``leaderbeat_redis_min_replicas`` (default 0) turns the replica guard
         on for a primary with replicas.
         """
         target, options = client_options(url, settings)
-        client = redis.Redis.from_url(target, **{**DEFAULT_CLIENT_OPTIONS, **options})
+        client = redis.Redis.from_url(target, **{**DEFAULT_CLIENT_OPTIONS, **options,
+                                                 **WIRE_OPTIONS})
         return cls(client, settings.lease_name, description=_describe(target, options),
                    min_replicas=cls.min_replicas_of(settings), setting=setting_of(url, settings))
 
@@ -398,7 +434,7 @@ class RedisLeaseStore:
 
     def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         try:
-            return script(keys=keys, args=args)
+            return script(keys=keys, args=_wire(args))
         except redis.RedisError as exc:
             self._master_may_have_moved()
             raise store_error(exc, self.setting) from exc
@@ -414,7 +450,7 @@ class RedisLeaseStore:
             master = self._master_for(keys[0])
             with type(master)(connection_pool=master.connection_pool,
                               single_connection_client=True) as connection:
-                reply = script(keys=keys, args=args, client=connection)
+                reply = script(keys=keys, args=_wire(args), client=connection)
                 needed = replicas_of(reply)
                 acked = connection.wait(needed, _ms(REPLICA_WAIT)) if needed > 0 else 0
         except redis.RedisError as exc:
@@ -506,7 +542,16 @@ class RedisLeaseStore:
         except redis.RedisError as exc:
             self._master_may_have_moved()
             raise store_error(exc, self.setting) from exc
-        return {_text(k) or "": _text(v) or "" for k, v in raw.items()}
+        history = {}
+        for field, record in raw.items():
+            try:
+                name = _name(field)
+            except UnicodeDecodeError:  # not a name: another writer's field
+                logger.warning("leaderbeat: ignoring run record %r of %s: its name is not "
+                               "text this store wrote", field, self.history_key)
+                continue
+            history[name] = _text(record) or ""
+        return history
 
     def read(self) -> LeaseRecord | None:
         flat, pttl, transitions = self._call(self._read, [self.lease_key, self.meta_key], [])
