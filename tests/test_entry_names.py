@@ -11,6 +11,7 @@ identities.
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from collections.abc import Iterator
@@ -130,10 +131,37 @@ def test_a_redis_leader_sends_an_entry_named_with_a_lone_surrogate_on_every_tick
 
 
 def test_file_names_round_trip_exactly(tmp_path: Path) -> None:
+    """Lone surrogates too, and two that pair into an emoji stay apart from it
+    (JSON escapes would have made them one name)."""
     url = f"file://{tmp_path}/leases"
     store = FileLeaseStore.from_url(url, _settings(url, "names"))
     try:
-        assert_each_name_keeps_its_own_history(store)
+        assert_each_name_keeps_its_own_history(store, SURROGATES)
+    finally:
+        store.close()
+
+
+def test_file_store_identities_with_lone_surrogates_are_listed_exactly(tmp_path: Path) -> None:
+    url = f"file://{tmp_path}/leases"
+    store = FileLeaseStore.from_url(url, _settings(url, "names"))
+    try:
+        for identity in SURROGATES:
+            store.acquire(f"owner-{identity}", identity, 5, beat=replica_record(identity))
+        assert sorted(r.identity for r in store.replicas()) == sorted(SURROGATES)
+        store.withdraw(SURROGATES[0])
+        assert SURROGATES[0] not in {r.identity for r in store.replicas()}
+    finally:
+        store.close()
+
+
+def test_the_file_store_reads_history_written_with_json_escapes(tmp_path: Path) -> None:
+    """A state file from before names were written as they are reads as before."""
+    url = f"file://{tmp_path}/leases"
+    store = FileLeaseStore.from_url(url, _settings(url, "names"))
+    try:
+        Path(store.state_path).write_text(json.dumps(
+            {"term": 1, "history": {"r\u00e9sum\u00e9": "a", "report \U0001f4c8": "b"}}))
+        assert store.load_history() == {"r\u00e9sum\u00e9": "a", "report \U0001f4c8": "b"}
     finally:
         store.close()
 

@@ -21,6 +21,12 @@ before writing, under the leader's lock, and every renewal reads it; a
 pause with a duration ends on this host's clock. ``<path>.resumed`` keeps
 the latest resume and the pause it ended; ``resume`` unlinks the pause file
 first, so of two resumes only one ends the pause.
+
+Text in these files is UTF-8 written as it is (not JSON escapes) with lone
+surrogates kept (:data:`TEXT`): JSON's escapes cannot tell two lone
+surrogates from the one character they pair into, so an entry name of
+either kind round-trips exactly only this way. Files written with escapes
+(by earlier versions) read as before.
 """
 
 from __future__ import annotations
@@ -47,6 +53,9 @@ if TYPE_CHECKING:
     from ..settings import LeaderSettings
 
 __all__ = ["FileLeaseStore"]
+
+#: How every file here is read and written (see the module docstring).
+TEXT: dict[str, Any] = {"encoding": "utf-8", "errors": "surrogatepass"}
 
 
 def _now() -> str:
@@ -83,7 +92,7 @@ class FileLeaseStore:
 
     def _read_state(self) -> dict[str, Any]:
         try:
-            with open(self.state_path, encoding="utf-8") as fh:
+            with open(self.state_path, **TEXT) as fh:
                 state: dict[str, Any] = json.load(fh)
         except FileNotFoundError:
             return {}
@@ -168,7 +177,7 @@ class FileLeaseStore:
     def _step_down_requested(self, term: int) -> bool:
         """True if a step-down was requested for ``term``; clears the request."""
         try:
-            with open(self.step_down_path, encoding="utf-8") as fh:
+            with open(self.step_down_path, **TEXT) as fh:
                 if fh.read().strip() != str(term):
                     return False
             os.unlink(self.step_down_path)  # only one unlink succeeds: seen once
@@ -257,7 +266,8 @@ class FileLeaseStore:
     # -- replica registry (celery_leaderbeat.registry.ReplicaRegistry) ----------
 
     def _replica_path(self, identity: str) -> str:
-        return os.path.join(self.replicas_dir, quote(identity, safe="") + ".json")
+        name = quote(identity, safe="", errors="surrogatepass")
+        return os.path.join(self.replicas_dir, name + ".json")
 
     def _beat(self, beat: ReplicaRecord | None, term: int | None) -> None:
         """Write ``beat`` as the leader's of ``term``, or as a standby's when None.
@@ -296,7 +306,7 @@ class FileLeaseStore:
             if not name.endswith(".json"):
                 continue
             try:
-                with open(path, encoding="utf-8") as fh:
+                with open(path, **TEXT) as fh:
                     beat = json.load(fh)
                 record = ReplicaRecord.decode(beat["record"])
             except FileNotFoundError:
@@ -334,7 +344,7 @@ class FileLeaseStore:
 
     def _read_json(self, path: str) -> dict[str, Any] | None:
         try:
-            with open(path, encoding="utf-8") as fh:
+            with open(path, **TEXT) as fh:
                 data: dict[str, Any] = json.load(fh)
         except FileNotFoundError:
             return None
@@ -487,8 +497,8 @@ def _replace(path: str, data: Any) -> None:
     try:
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".leaderbeat-")
         os.fchmod(fd, 0o644)  # not mkstemp's 0600: status may run as another user
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh)
+        with os.fdopen(fd, "w", **TEXT) as fh:
+            json.dump(data, fh, ensure_ascii=False)
         os.replace(tmp, path)
     except OSError as exc:
         raise _os_error(f"cannot write {path}", exc) from exc
