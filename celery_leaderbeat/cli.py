@@ -219,8 +219,19 @@ def _store_or_exit(ctx: click.Context) -> tuple[LeaderSettings, LeaseStore]:
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    click.echo(message, err=True)
+    click.echo(printable(message), err=True)
     raise click.exceptions.Exit(code)
+
+
+def _say(text: str) -> None:
+    click.echo(printable(text))
+
+
+def printable(text: str) -> str:
+    """``text`` as any output takes it: a lone surrogate (an entry name or identity
+    may hold one, and no encoding of text does) written as its escape, ``\\udXXX``.
+    ``--json`` needs none of this: JSON escapes it."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @leaderbeat.command(cls=CeleryCommand)
@@ -234,7 +245,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
         doc = snapshot(settings, store)
     finally:
         store.close()
-    click.echo(json.dumps(doc, indent=2) if as_json else render(doc))
+    click.echo(json.dumps(doc, indent=2) if as_json else printable(render(doc)))
     ctx.exit(_exit_code(doc))
 
 
@@ -330,7 +341,7 @@ def health(ctx: click.Context, this_replica: bool) -> None:
         store.close()
     if not doc["healthy"]:
         _fail(f"unhealthy: {doc['reason']}", _exit_code(doc))
-    click.echo(f"healthy: {doc['reason']}")
+    _say(f"healthy: {doc['reason']}")
 
 
 def _replica_health(ctx: click.Context) -> None:
@@ -352,7 +363,7 @@ def _replica_health(ctx: click.Context) -> None:
         try:
             mine = [r for r in store.replicas() if r.identity == identity]
         except StoreUnavailable as exc:
-            click.echo(f"not judged: cannot read the store {store.description}: {exc}")
+            _say(f"not judged: cannot read the store {store.description}: {exc}")
             return
     finally:
         store.close()
@@ -361,7 +372,7 @@ def _replica_health(ctx: click.Context) -> None:
               f"{settings.lease_name!r})", EXIT_UNHEALTHY)
     record = mine[0]
     role = f"leader (term {record.term})" if record.role == LEADER else "standby"
-    click.echo(f"live: {identity} as {role}, heartbeat {record.heartbeat_age:.1f} s ago")
+    _say(f"live: {identity} as {role}, heartbeat {record.heartbeat_age:.1f} s ago")
 
 
 @leaderbeat.command(cls=CeleryCommand)
@@ -388,7 +399,7 @@ def history(ctx: click.Context, entry: str | None, as_json: bool) -> None:
     if entry is not None and not doc["entries"]:
         _fail(f"no entry {entry!r} in the schedule or in the run history of lease "
               f"{settings.lease_name!r}", EXIT_UNHEALTHY)
-    click.echo(json.dumps(doc, indent=2) if as_json else render_history(doc))
+    click.echo(json.dumps(doc, indent=2) if as_json else printable(render_history(doc)))
 
 
 def render_history(doc: dict[str, Any]) -> str:
@@ -451,7 +462,7 @@ def step_down(ctx: click.Context, wait: bool, timeout: float | None, force: bool
             _fail(f"cannot reach the store {store.description}: {exc}", EXIT_UNHEALTHY)
         if asked is None:
             _fail(nobody, EXIT_UNHEALTHY)
-        click.echo(f"asked {asked.holder} (term {asked.term}) to step down")
+        _say(f"asked {asked.holder} (term {asked.term}) to step down")
         if not wait:
             return
         t = settings.timing
@@ -473,7 +484,7 @@ def step_down(ctx: click.Context, wait: bool, timeout: float | None, force: bool
         if now_held.holder == asked.holder:
             _fail(f"{asked.holder} took the lease back (term {now_held.term}) after {took:.1f} s:"
                   " no other replica took over", EXIT_UNHEALTHY)
-        click.echo(f"{now_held.holder} leads now (term {now_held.term}), after {took:.1f} s")
+        _say(f"{now_held.holder} leads now (term {now_held.term}), after {took:.1f} s")
     finally:
         store.close()
 
@@ -522,7 +533,7 @@ def pause(ctx: click.Context, duration: float | None, reason: str) -> None:
             _store_failed(store, exc)
     finally:
         store.close()
-    click.echo(f"paused dispatch of lease {settings.lease_name!r} {record.describe()}")
+    _say(f"paused dispatch of lease {settings.lease_name!r} {record.describe()}")
 
 
 @leaderbeat.command(cls=CeleryCommand)
@@ -541,10 +552,10 @@ def resume(ctx: click.Context, catch_up: str | None) -> None:
     finally:
         store.close()
     if ended is None:
-        click.echo(f"dispatch of lease {settings.lease_name!r} was not paused")
+        _say(f"dispatch of lease {settings.lease_name!r} was not paused")
         return
     how = catch_up or f"{settings.catch_up} (leaderbeat_catch_up)"
-    click.echo(f"resumed dispatch of lease {settings.lease_name!r}, paused {ended.describe()}; "
+    _say(f"resumed dispatch of lease {settings.lease_name!r}, paused {ended.describe()}; "
                f"runs that fell due while paused: catch-up {how}")
 
 

@@ -223,3 +223,22 @@ def test_history_on_an_empty_store_lists_the_schedule_as_never_run() -> None:
     assert [(e["name"], e["state"]) for e in doc["entries"]] == [("tick", "never run")]
     empty = history_report(RecordedHistory({}), "lease", {}, app.timezone)  # type: ignore[arg-type]
     assert "(no entry in the schedule or the run history)" in render_history(empty)
+
+
+@pytest.mark.processes
+def test_history_prints_names_with_lone_surrogates(
+        redis_server: RedisServer, tmp_path: Path) -> None:
+    """No text encoding holds a lone surrogate, so the tables show its escape; before,
+    printing one failed the command with UnicodeEncodeError. JSON escapes it anyway."""
+    odd = "nightly-\ud800"
+    cluster = BeatCluster(redis_server.url, replicas=1, elector=f"file://{tmp_path}/beat.lock",
+                          timing=TIMING, schedule={odd: {"task": EVERY_SECOND, "every": 60.0}})
+    try:
+        people = cluster.leaderbeat("history")
+        machines = cluster.leaderbeat("history", "--json")
+    finally:
+        cluster.close()
+    assert people.returncode == EXIT_OK, people.stderr
+    assert "  nightly-\\ud800  0     never  " in people.stdout
+    assert machines.returncode == EXIT_OK, machines.stderr
+    assert [e["name"] for e in json.loads(machines.stdout)["entries"]] == [odd]
