@@ -130,40 +130,35 @@ def test_a_redis_leader_sends_an_entry_named_with_a_lone_surrogate_on_every_tick
         store.close()
 
 
-def test_file_names_round_trip_exactly(tmp_path: Path) -> None:
+@pytest.fixture
+def file_store(tmp_path: Path) -> Iterator[FileLeaseStore]:
+    url = f"file://{tmp_path}/leases"
+    store = FileLeaseStore.from_url(url, _settings(url, "names"))
+    yield store
+    store.close()
+
+
+def test_file_names_round_trip_exactly(file_store: FileLeaseStore) -> None:
     """Lone surrogates too, and two that pair into an emoji stay apart from it
     (JSON escapes would have made them one name)."""
-    url = f"file://{tmp_path}/leases"
-    store = FileLeaseStore.from_url(url, _settings(url, "names"))
-    try:
-        assert_each_name_keeps_its_own_history(store, SURROGATES)
-    finally:
-        store.close()
+    assert_each_name_keeps_its_own_history(file_store, SURROGATES)
 
 
-def test_file_store_identities_with_lone_surrogates_are_listed_exactly(tmp_path: Path) -> None:
-    url = f"file://{tmp_path}/leases"
-    store = FileLeaseStore.from_url(url, _settings(url, "names"))
-    try:
-        for identity in SURROGATES:
-            store.acquire(f"owner-{identity}", identity, 5, beat=replica_record(identity))
-        assert sorted(r.identity for r in store.replicas()) == sorted(SURROGATES)
-        store.withdraw(SURROGATES[0])
-        assert SURROGATES[0] not in {r.identity for r in store.replicas()}
-    finally:
-        store.close()
+def test_file_store_identities_with_lone_surrogates_are_listed_exactly(
+        file_store: FileLeaseStore) -> None:
+    for identity in SURROGATES:
+        file_store.acquire(f"owner-{identity}", identity, 5, beat=replica_record(identity))
+    assert sorted(r.identity for r in file_store.replicas()) == sorted(SURROGATES)
+    file_store.withdraw(SURROGATES[0])
+    assert SURROGATES[0] not in {r.identity for r in file_store.replicas()}
 
 
-def test_the_file_store_reads_history_written_with_json_escapes(tmp_path: Path) -> None:
+def test_the_file_store_reads_history_written_with_json_escapes(
+        file_store: FileLeaseStore) -> None:
     """A state file from before names were written as they are reads as before."""
-    url = f"file://{tmp_path}/leases"
-    store = FileLeaseStore.from_url(url, _settings(url, "names"))
-    try:
-        Path(store.state_path).write_text(json.dumps(
-            {"term": 1, "history": {"r\u00e9sum\u00e9": "a", "report \U0001f4c8": "b"}}))
-        assert store.load_history() == {"r\u00e9sum\u00e9": "a", "report \U0001f4c8": "b"}
-    finally:
-        store.close()
+    Path(file_store.state_path).write_text(json.dumps(
+        {"term": 1, "history": {"r\u00e9sum\u00e9": "a", "report \U0001f4c8": "b"}}))
+    assert file_store.load_history() == {"r\u00e9sum\u00e9": "a", "report \U0001f4c8": "b"}
 
 
 def test_lease_names_differing_in_case_are_two_leases(
