@@ -307,7 +307,12 @@ class BeatCluster(Started):
         self._own_directory = directory is None
         self.directory = directory or tempfile.mkdtemp(prefix="leaderbeat-cluster-")
         os.makedirs(self.directory, exist_ok=True)
-        self.recorder = MessageRecorder(broker_url, self.queue, self.transport_options)
+        # The recorder reaches the broker as the replicas' Celery does, broker_password
+        # and the like included.
+        self.recorder = MessageRecorder(broker_url, self.queue, self.transport_options, {
+            argument: (conf or {}).get(f"broker_{key}") for argument, key in (
+                ("userid", "user"), ("password", "password"), ("port", "port"),
+                ("virtual_host", "vhost"))})
         self._store: LeaseStore | None = None
         self._closed = False
         self._conf = dict(conf or {})

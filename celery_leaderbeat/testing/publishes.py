@@ -65,10 +65,14 @@ class MessageRecorder:
     """
 
     def __init__(self, broker_url: str, queue: str,
-                 transport_options: Mapping[str, Any] | None = None) -> None:
+                 transport_options: Mapping[str, Any] | None = None,
+                 connection: Mapping[str, Any] | None = None) -> None:
         self.broker_url = broker_url
         self.queue = queue
         self.transport_options = dict(transport_options or {})
+        #: More arguments of kombu's Connection (userid, password, port,
+        #: virtual_host), as Celery passes its broker_* settings.
+        self.connection = dict(connection or {})
         #: Called (in the recorder thread) with each Publish as it arrives.
         self.listeners: list[Callable[[Publish], None]] = []
         #: Broker errors the consumer recovered from, for diagnostics.
@@ -108,7 +112,8 @@ class MessageRecorder:
         while not self._stop.is_set():
             try:
                 conn: Any = Connection(  # type: ignore[no-untyped-call]
-                    self.broker_url, transport_options=self.transport_options)
+                    self.broker_url, transport_options=self.transport_options,
+                    **self.connection)
                 with conn, conn.Consumer(queue, on_message=self._on_message):
                     self._ready.set()
                     while not self._stop.is_set():
