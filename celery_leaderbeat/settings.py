@@ -18,7 +18,8 @@ from celery.exceptions import ImproperlyConfigured
 
 from .lease import LeaseTiming
 
-__all__ = ["SETTINGS", "LeaderSettings", "Setting", "first_url", "improperly_configured"]
+__all__ = ["SETTINGS", "BrokerParts", "LeaderSettings", "Setting", "first_url",
+           "improperly_configured"]
 
 CATCH_UP_POLICIES = ("once", "skip")
 
@@ -47,8 +48,9 @@ SETTINGS = {
             "file:///path, static://leader, ...), "
             "a dotted path to an elector class or object, an elector instance, or a callable",
             "Where leadership is decided. Unset: the broker's Redis (or its Sentinels) when "
-            "the broker is Redis, otherwise a file lock in the temporary directory (one host "
-            "only).",
+            "the broker is Redis, reached as Celery reaches it (broker_use_ssl, broker_user, "
+            "broker_password, broker_port, broker_vhost), otherwise a file lock in the "
+            "temporary directory (one host only).",
         ),
         Setting(
             "leaderbeat_lease_name",
@@ -196,6 +198,35 @@ def default_identity() -> str:
 
 
 @dataclass(frozen=True)
+class BrokerParts:
+    """Celery's ``broker_user``, ``broker_password``, ``broker_port`` and ``broker_vhost``.
+
+    Parts of the broker's address kept out of ``broker_url`` (a password from a
+    secret manager, say). Celery hands them to kombu's ``Connection`` beside the
+    URL, and kombu uses each only where the URL gives none; the store that
+    reuses the broker's Redis does the same
+    (:func:`~celery_leaderbeat.stores.redis_options.complete_broker_url`, which
+    also checks them: kombu ignores a value the URL overrides, so a value is
+    judged only where it is used). Empty values are unset, as in Celery.
+    """
+
+    user: Any = None
+    password: Any = field(default=None, repr=False)
+    port: Any = None
+    vhost: Any = None
+    #: ``broker_url`` is one URL in a string (no ``;``, not a list): kombu then
+    #: has no failover list, and dials a lone ``sentinel://host`` at ``broker_port``.
+    single_url: bool = True
+
+    @classmethod
+    def from_conf(cls, conf: Any) -> BrokerParts:
+        url = getattr(conf, "broker_url", None)
+        given = {part: getattr(conf, f"broker_{part}", None) or None
+                 for part in ("user", "password", "port", "vhost")}
+        return cls(**given, single_url=isinstance(url, str) and ";" not in url)
+
+
+@dataclass(frozen=True)
 class LeaderSettings:
     """The validated leaderbeat settings of one app."""
 
@@ -213,6 +244,9 @@ class LeaderSettings:
     #: the store that reuses the broker's Redis (``leaderbeat_elector`` unset).
     broker_use_ssl: Any = None
     broker_transport_options: dict[str, Any] = field(default_factory=dict)
+    #: Celery's ``broker_user``, ``broker_password``, ``broker_port`` and
+    #: ``broker_vhost``: used only by the store that reuses the broker's Redis.
+    broker_parts: BrokerParts = field(default_factory=BrokerParts)
     etcd_options: dict[str, Any] = field(default_factory=dict)
     push: bool = True
     #: sentinel:// options (master_name, sentinel_kwargs, ...): leaderbeat's, or the broker's.
@@ -295,6 +329,7 @@ class LeaderSettings:
             broker_url=first_url(getattr(conf, "broker_url", None)),
             broker_use_ssl=broker_use_ssl,
             broker_transport_options=dict(transport_options),
+            broker_parts=BrokerParts.from_conf(conf),
             metrics_address=_metrics_address(conf.get("leaderbeat_metrics_port")),
             sql_table=sql_table,
             sql_engine_options=dict(sql_engine_options),

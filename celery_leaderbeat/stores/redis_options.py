@@ -34,6 +34,9 @@ The forms, as kombu's Redis transport reads them (``kombu/utils/url.py``,
   connection itself are taken (:data:`BROKER_TRANSPORT_OPTIONS`); the
   timeouts are not, since a broker's are tuned for a blocking ``BRPOP`` and
   the store's must stay below the lease TTL (see ``DEFAULT_CLIENT_OPTIONS``).
+  Celery's ``broker_user``, ``broker_password``, ``broker_port`` and
+  ``broker_vhost`` fill in what the URL leaves out, as kombu fills them in
+  (:func:`complete_broker_url`).
 
 ``leaderbeat_redis_options`` is applied last and wins over all of these.
 A form that cannot be honoured raises ``ImproperlyConfigured`` naming the
@@ -42,10 +45,11 @@ setting it came from; values of secrets are never echoed.
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Callable
-from urllib.parse import parse_qsl, quote, unquote, urlsplit
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
+from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlsplit
 
 from kombu.utils.url import maybe_sanitize_url
 
@@ -54,8 +58,8 @@ from ..settings import first_url, improperly_configured
 if TYPE_CHECKING:
     from ..settings import LeaderSettings
 
-__all__ = ["BROKER_TRANSPORT_OPTIONS", "CERT_REQS", "broker_connection_options", "client_options",
-           "is_brokers_redis", "setting_of"]
+__all__ = ["BROKER_TRANSPORT_OPTIONS", "CERT_REQS", "CompletedURL", "broker_connection_options",
+           "client_options", "complete_broker_url", "is_brokers_redis", "setting_of"]
 
 ELECTOR = "leaderbeat_elector"
 
@@ -126,9 +130,139 @@ def is_brokers_redis(url: Any, settings: LeaderSettings | None) -> bool:
 
 
 def setting_of(url: Any, settings: LeaderSettings | None) -> str:
-    """The setting ``url`` came from: ``broker_url`` for the broker's Redis, else
-    ``leaderbeat_elector``; errors and permanent store refusals name it."""
-    return "broker_url" if is_brokers_redis(url, settings) else ELECTOR
+    """The settings ``url`` came from, named in errors and permanent store refusals:
+    ``leaderbeat_elector``, or ``broker_url`` for the broker's Redis, followed by the
+    ``broker_*`` settings that filled in its parts (``"broker_url, broker_password"``)."""
+    if settings is None or not is_brokers_redis(url, settings):
+        return ELECTOR
+    return ", ".join(("broker_url", *complete_broker_url(str(first_url(url)), settings).settings))
+
+
+class CompletedURL(NamedTuple):
+    """The broker's URL with the parts Celery takes outside it written in."""
+
+    url: str
+    #: The ``broker_*`` settings that gave a part, in the order Celery lists them.
+    settings: tuple[str, ...]
+
+
+def complete_broker_url(url: str, settings: LeaderSettings) -> CompletedURL:
+    """The broker's URL as kombu connects to it, with ``broker_user``,
+    ``broker_password``, ``broker_port`` and ``broker_vhost`` written in where it
+    has none of its own.
+
+    kombu's rule (``Connection.__init__``: the URL's parts win, and only the
+    ones it gives), for each form as kombu's Redis transports use the parts:
+
+    - ``redis://``, ``rediss://``: all four; the virtual host is the database.
+    - ``redis+socket://``: the virtual host only, when the query names no
+      database. kombu takes a socket's user and password from its URL alone
+      (``Channel._connparams``), so ``broker_user`` and ``broker_password``
+      never reach it, and a store given them would fail where Celery works.
+    - ``sentinel://`` (``url`` may be the ``;``-joined list): the master's user,
+      password and database, into the first URL, the only one kombu reads them
+      from. ``broker_port`` is a Sentinel's port only for a lone
+      ``sentinel://host`` in a string (no ``;``, see
+      :attr:`~celery_leaderbeat.settings.BrokerParts.single_url`): kombu dials
+      it at ``host:broker_port``; in a list every Sentinel's port is its URL's,
+      or 26379. The Sentinels' own password stays in ``sentinel_kwargs``.
+
+    ``url`` is the broker's (:func:`is_brokers_redis`); other forms come back
+    unchanged. Raises ImproperlyConfigured naming ``broker_port`` or
+    ``broker_vhost`` for a value the URL needs that kombu could not connect
+    with either; a password is never echoed.
+    """
+    parts = settings.broker_parts
+    first, separator, rest = url.partition(";")
+    split = urlsplit(first)
+    scheme = split.scheme.lower()
+    used: list[str] = []
+    if scheme == "redis+socket":
+        named = {name for name, _ in parse_qsl(split.query, keep_blank_values=True)}
+        db = None if named & {"db", "virtual_host"} else _broker_db(parts.vhost)
+        if db is None:
+            return CompletedURL(url, ())
+        query = "&".join(filter(None, (split.query, f"virtual_host={db}")))
+        return CompletedURL(_unsplit(split, split.netloc, split.path, query) + separator + rest,
+                            ("broker_vhost",))
+    if scheme not in ("redis", "rediss", "sentinel"):
+        return CompletedURL(url, ())
+    userinfo, at, hostport = split.netloc.rpartition("@")
+    user = unquote(split.username or "") or None
+    password = unquote(split.password or "") or None
+    if user is None and parts.user is not None:
+        user = _text(parts.user)
+        used.append("broker_user")
+    if password is None and parts.password is not None:
+        password = _text(parts.password)
+        used.append("broker_password")
+    if used:
+        userinfo = quote(user or "", safe="") + (
+            ":" + quote(password, safe="") if password else "")
+        at = "@"
+    if parts.port is not None and _lacks_port(split) and (
+            scheme != "sentinel" or (parts.single_url and not separator)):
+        hostport += f":{_broker_port(parts.port)}"
+        used.append("broker_port")
+    path = split.path
+    if not unquote(path).strip("/"):
+        db = _broker_db(parts.vhost)
+        if db is not None:
+            path = f"/{db}"
+            used.append("broker_vhost")
+    if not used:
+        return CompletedURL(url, ())
+    completed = _unsplit(split, f"{userinfo}{at}{hostport}", path, split.query)
+    return CompletedURL(completed + separator + rest, tuple(used))
+
+
+def _unsplit(split: SplitResult, netloc: str, path: str, query: str) -> str:
+    # Not urlunsplit: it drops the "//" of an empty host (redis+socket:///path).
+    return (f"{split.scheme}://{netloc}{path}" + (f"?{query}" if query else "")
+            + (f"#{split.fragment}" if split.fragment else ""))
+
+
+def _lacks_port(split: SplitResult) -> bool:
+    try:
+        return split.port is None
+    except ValueError:  # not a number: left to the URL's own checks
+        return False
+
+
+def _text(value: Any) -> str:
+    """A user or password as redis-py would send it (it takes bytes and numbers too)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _broker_port(value: Any) -> int:
+    """``broker_port`` as a port number (an int, or its digits as kombu passes them on)."""
+    text = str(value).strip()
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not text.isdigit() \
+            or not 0 < int(text) < 65536:
+        improperly_configured("broker_port", f"got {value!r}; expected a port number (1-65535)")
+    return int(text)
+
+
+def _broker_db(value: Any) -> int | None:
+    """``broker_vhost`` as the Redis database, read as kombu's Redis transport reads a
+    virtual host (``Channel._prepare_virtual_host``): ``3`` or ``"3"`` or ``"/3"``;
+    None when unset or ``"/"`` (database 0, the default either way)."""
+    if value is None:
+        return None
+    number = -1
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str):
+        text = value[1:] if value.startswith("/") else value
+        if not text:
+            return None
+        with contextlib.suppress(ValueError):
+            number = int(text)
+    if number < 0:
+        improperly_configured(
+            "broker_vhost", f"got {value!r}; with a Redis broker the virtual host is the "
+            "database number (0, 1, ...), and kombu cannot connect with this one either")
+    return number
 
 
 def client_options(url: Any, settings: LeaderSettings | None = None, *,
@@ -141,11 +275,13 @@ def client_options(url: Any, settings: LeaderSettings | None = None, *,
     broker's (:func:`is_brokers_redis`), ``broker_use_ssl`` and
     ``broker_transport_options``. The returned URL is ``redis://``,
     ``rediss://`` or ``unix://`` with no query (every option is in
-    ``kwargs``), and keeps the user and password of ``url``. ``kwargs`` has
+    ``kwargs``), and keeps the user and password of ``url`` (for the broker's,
+    with those of ``broker_user`` and ``broker_password``, as
+    :func:`complete_broker_url` adds them). ``kwargs`` has
     no store defaults in it: a store merges them under ``kwargs``.
 
-    Raises ImproperlyConfigured (naming ``setting``, ``broker_use_ssl`` or
-    ``broker_transport_options``) for a scheme that is not Redis, an unknown
+    Raises ImproperlyConfigured (naming ``setting``, ``broker_use_ssl``,
+    ``broker_port`` or ``broker_vhost``) for a scheme that is not Redis, an unknown
     query parameter or value, a database that is not a number, or TLS asked
     for on a unix socket. Never contacts the server.
     """
@@ -153,6 +289,9 @@ def client_options(url: Any, settings: LeaderSettings | None = None, *,
     first = first_url(url)
     if first is None:
         improperly_configured(setting, f"got {maybe_sanitize_url(url)!r}")
+    broker = is_brokers_redis(first, settings)
+    if broker and settings is not None:
+        first = complete_broker_url(first, settings).url
     shown = maybe_sanitize_url(first)
     parts = urlsplit(first)
     scheme = parts.scheme.lower()
@@ -162,7 +301,6 @@ def client_options(url: Any, settings: LeaderSettings | None = None, *,
     if "virtual_host" in query:
         query.setdefault("db", query.pop("virtual_host"))
 
-    broker = is_brokers_redis(first, settings)
     url_tls = {name: query.pop(name) for name in list(query) if name in _TLS_KEYS}
     kwargs: dict[str, Any] = dict(query)
     if broker and settings is not None:

@@ -27,7 +27,7 @@ from redis.sentinel import Sentinel
 
 from ..settings import improperly_configured
 from .redis import RedisLeaseStore, connection_options
-from .redis_options import is_brokers_redis, setting_of
+from .redis_options import complete_broker_url, is_brokers_redis, setting_of
 
 if TYPE_CHECKING:
     from ..settings import LeaderSettings
@@ -50,12 +50,12 @@ class SentinelURL(NamedTuple):
     password: str | None
 
 
-def parse_sentinel_url(url: str) -> SentinelURL:
+def parse_sentinel_url(url: str, setting: str = "leaderbeat_elector") -> SentinelURL:
     """Parse kombu's ``sentinel://h1:26379;sentinel://h2:26379/0`` form.
 
-    Raises ImproperlyConfigured (naming ``leaderbeat_elector``) for a part that
-    is not a ``sentinel://host[:port]`` URL, or parts that disagree on the
-    database or the credentials.
+    Raises ImproperlyConfigured (naming ``setting``, the one the URL came from)
+    for a part that is not a ``sentinel://host[:port]`` URL, or parts that
+    disagree on the database or the credentials.
     """
     sentinels: list[tuple[str, int]] = []
     found: dict[str, Any] = {}
@@ -67,8 +67,7 @@ def parse_sentinel_url(url: str) -> SentinelURL:
             port = 0
         if split.scheme.lower() != "sentinel" or not split.hostname or not port:
             improperly_configured(
-                "leaderbeat_elector",
-                f"{maybe_sanitize_url(part)!r} is not a sentinel://host[:port][/db] URL")
+                setting, f"{maybe_sanitize_url(part)!r} is not a sentinel://host[:port][/db] URL")
         sentinels.append((split.hostname, port))
         path = split.path.strip("/")
         given = {"db": path or None,
@@ -78,13 +77,12 @@ def parse_sentinel_url(url: str) -> SentinelURL:
             if value is None:
                 continue
             if found.setdefault(key, value) != value:
-                improperly_configured(
-                    "leaderbeat_elector", f"the sentinel:// URLs disagree on the {key}")
+                improperly_configured(setting, f"the sentinel:// URLs disagree on the {key}")
     if not sentinels:
-        improperly_configured("leaderbeat_elector", "no sentinel:// URL given")
+        improperly_configured(setting, "no sentinel:// URL given")
     db = found.get("db") or "0"
     if not str(db).isdigit():
-        improperly_configured("leaderbeat_elector", f"database {db!r} is not a number")
+        improperly_configured(setting, f"database {db!r} is not a number")
     return SentinelURL(sentinels, int(db), found.get("username"), found.get("password"))
 
 
@@ -136,11 +134,18 @@ class RedisSentinelLeaseStore(RedisLeaseStore):
 
         Client options (:func:`~celery_leaderbeat.stores.redis.connection_options`)
         apply to the master connections; the Sentinels' own are their socket
-        timeouts under ``sentinel_kwargs`` (password, TLS of the Sentinels).
+        timeouts under ``sentinel_kwargs`` (password, TLS of the Sentinels). For
+        the broker's Sentinels, ``broker_user``, ``broker_password``,
+        ``broker_vhost`` and ``broker_port`` fill in what the URL leaves out, as
+        in kombu (:func:`.redis_options.complete_broker_url`).
         """
-        parsed = parse_sentinel_url(url)
+        brokers = is_brokers_redis(url, settings)
+        setting = setting_of(url, settings)
+        if brokers:
+            url = complete_broker_url(url, settings).url
+        parsed = parse_sentinel_url(url, setting)
         master_name, kwargs = sentinel_options(settings.redis_transport_options)
-        options = connection_options(settings, brokers=is_brokers_redis(url, settings))
+        options = connection_options(settings, brokers=brokers)
         # The Sentinels keep the short timeouts and the no-retry policy too, under
         # what sentinel_kwargs says: a Sentinel that stops answering (or refuses
         # connections: redis-py's own retries with backoff took 16 s a call) must
@@ -156,7 +161,7 @@ class RedisSentinelLeaseStore(RedisLeaseStore):
             master_name, db=parsed.db, **credentials)
         description = f"{sanitize_sentinel_url(url)} (master {master_name!r})"
         return cls(client, settings.lease_name, sentinel=sentinel, description=description,
-                   min_replicas=cls.min_replicas_of(settings), setting=setting_of(url, settings))
+                   min_replicas=cls.min_replicas_of(settings), setting=setting)
 
     def _master_may_have_moved(self) -> None:
         # Ask the Sentinels now: redis-py asks them only when it opens a connection,
