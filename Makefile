@@ -37,9 +37,14 @@ demo: $(BIN)/python
 	$(BIN)/python examples/cluster_demo.py
 
 # The CI subset leaves out the long scenarios (marked slow); test-all runs everything.
+# It runs each test file whole on one of TEST_WORKERS pytest-xdist workers (module
+# fixtures are built once; servers take free ports, leases unique names): the suite
+# mostly waits on real processes and lease timers, so two workers halve its time.
+# TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 test: $(BIN)/python servers
 	$(BIN)/pip install -q 'tox>=4'
-	$(BIN)/tox run -e $(CI_ENVS) -- -m "not slow"
+	$(BIN)/tox run -e $(CI_ENVS) -- -m "not slow" -n $(TEST_WORKERS) --dist loadfile
 
 test-all: $(BIN)/python servers
 	$(BIN)/pip install -q 'tox>=4'
