@@ -208,9 +208,20 @@ def test_a_stopped_redis_ends_leadership_within_the_ttl_and_nobody_raises(
     a, b = leader_and_standby(own_server.url, lease_name)
     own_server.stop()
     stopped_at = time.monotonic()
+    believed: list[float] = []  # when ``a`` still said it leads
+
+    def stepped_down() -> bool:
+        asked_at = time.monotonic()
+        if leads(a):
+            believed.append(asked_at)
+            return False
+        return True
+
     # Any exception other than NotLeader escaping is_leader() fails this test.
-    wait_for(lambda: not leads(a), timeout=FAST.ttl + 2)
-    assert time.monotonic() - stopped_at <= FAST.ttl
+    # Judged by the last time ``a`` still said it leads (not by when the loop
+    # noticed it no longer does, which a loaded machine delays).
+    wait_for(stepped_down, timeout=FAST.ttl + 2)
+    assert not believed or believed[-1] - stopped_at <= FAST.ttl
     _nobody_leads_while_down([a, b], 1.0)
     with pytest.raises(NotLeader, match="store unavailable"):
         b.is_leader()

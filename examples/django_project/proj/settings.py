@@ -63,7 +63,10 @@ def database(url: str) -> dict[str, Any]:
     parts = urlsplit(url)
     scheme = parts.scheme.split("+")[0]
     if scheme == "sqlite":
-        return {"ENGINE": "django.db.backends.sqlite3", "NAME": unquote(parts.path[1:])}
+        # Several beat processes write one SQLite file: wait for its lock up to
+        # 20 s (Django's default, 5 s, runs out on a loaded host).
+        return {"ENGINE": "django.db.backends.sqlite3", "NAME": unquote(parts.path[1:]),
+                "OPTIONS": {"timeout": 20}}
     engine = {"postgresql": "postgresql", "postgres": "postgresql",
               "mysql": "mysql", "mariadb": "mysql"}[scheme]
     return {
